@@ -1,0 +1,65 @@
+"""Losses of SPEC §3.4, §5 and §6: feature prediction, hierarchical pooling levels, VICReg."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import kernels
+
+
+def expand_targets(tgt_idx: torch.Tensor, n_context_masks: int) -> torch.Tensor:
+    """Repeat each target mask once per context mask, matching the predictor's (m, e, b) row order."""
+    return tgt_idx if n_context_masks == 1 else tgt_idx.repeat_interleave(n_context_masks, dim=0)
+
+
+def prediction_loss(pred, target, tgt_idx, kind: str = "mse", beta: float = 1.0,
+                    normalize_targets: bool = True, normalize_embeddings: bool = False):
+    """Mean loss between predictions ``[R, K, D]`` and the target features at ``tgt_idx``.
+
+    The default path is the fused kernel: target rows are gathered and layer-normed on the fly.
+    """
+    if not normalize_embeddings:
+        return kernels.masked_target_loss(pred, target, tgt_idx, kind=kind, beta=beta, normalize=normalize_targets)
+    tgt = gather_targets(target, tgt_idx, normalize_targets)
+    return elementwise_loss(F.normalize(pred.float(), dim=-1), F.normalize(tgt, dim=-1), kind, beta)
+
+
+def gather_targets(target, tgt_idx, normalize: bool = True):
+    """Target features ``[R, K, D]`` at ``tgt_idx``, layer-normed without affine (rows only, never all of ``target``)."""
+    tgt = kernels.masked_gather(target, tgt_idx).float()
+    return F.layer_norm(tgt, tgt.shape[-1:]) if normalize else tgt
+
+
+def elementwise_loss(pred, tgt, kind: str, beta: float = 1.0):
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(pred.float(), tgt, beta=beta)
+    return F.mse_loss(pred.float(), tgt)
+
+
+def pool_blocks(x: torch.Tensor, block_hw: tuple[int, int], factor: int) -> torch.Tensor:
+    """Average-pool ``[R, bh·bw, D]`` tokens of row-major rectangular blocks over ``factor×factor`` windows.
+
+    Ceil mode: partial windows at the right and bottom edges average the tokens they hold.
+    """
+    if factor == 1:
+        return x
+    bh, bw = block_hw
+    R, K, D = x.shape
+    if K != bh * bw:
+        raise ValueError(f"a block of {K} tokens is not {bh}x{bw}")
+    grid = x.transpose(1, 2).reshape(R, D, bh, bw)
+    pooled = F.avg_pool2d(grid, factor, stride=factor, ceil_mode=True, count_include_pad=False)
+    return pooled.flatten(2).transpose(1, 2)
+
+
+def vicreg_terms(z: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Variance hinge (std ≥ 1 per dim) and off-diagonal covariance penalty of ``z`` ``[B, D]``."""
+    z = z.float()
+    z = z - z.mean(dim=0)
+    std = torch.sqrt(z.var(dim=0) + eps)
+    variance = F.relu(1.0 - std).mean()
+    B, D = z.shape
+    cov = (z.T @ z) / max(1, B - 1)
+    off = cov - torch.diag(torch.diag(cov))
+    covariance = off.pow(2).sum() / D
+    return variance, covariance

@@ -1,0 +1,60 @@
+"""Model construction: context encoder, EMA target encoder, predictor and per-level heads."""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from jepa.models.attention import attention, resolve_backend  # noqa: F401
+from jepa.models.vit import Predictor, VisionTransformer, set_attention_backend  # noqa: F401
+
+
+class JEPA(nn.Module):
+    """The trainable parts (context encoder, predictor, level heads) plus the EMA target encoder.
+
+    The target encoder's parameters never require grad and are only changed by ``ema_update_``.
+    ``level_heads`` is empty for one level, so pure I-JEPA has no extra parameters.
+    """
+
+    def __init__(self, encoder: VisionTransformer, predictor: Predictor, num_hierarchies: int = 1):
+        super().__init__()
+        self.context_encoder = encoder
+        self.predictor = predictor
+        dim = encoder.embed_dim
+        self.level_heads = nn.ModuleList(nn.Linear(dim, dim) for _ in range(num_hierarchies - 1))
+        for head in self.level_heads:
+            nn.init.trunc_normal_(head.weight, std=0.02)
+            nn.init.zeros_(head.bias)
+        self.target_encoder = copy.deepcopy(encoder)
+        for p in self.target_encoder.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, images, ctx_idx, tgt_idx, block_hw):
+        """Context branch and predictions per level: ``(z [E·B, Kc, D], [pred level 0, level 1, ...])``."""
+        from jepa.losses import pool_blocks
+        z = self.context_encoder(images, ctx_idx)
+        pred = self.predictor(z, ctx_idx, tgt_idx)
+        preds = [pred] + [head(pool_blocks(pred, block_hw, 2 ** (level + 1)))
+                          for level, head in enumerate(self.level_heads)]
+        return z, preds
+
+    def online_parameters(self):
+        """Parameters the optimizer updates (everything except the target encoder)."""
+        return [p for n, p in self.named_parameters() if not n.startswith("target_encoder.")]
+
+
+def build_encoder(cfg, attention_backend: str = "sdpa") -> VisionTransformer:
+    m, d = cfg.model, cfg.data
+    return VisionTransformer(d.image_size, m.patch_size, d.channels, m.embed_dim, m.depth, m.num_heads,
+                             m.mlp_ratio, attention_backend)
+
+
+def build_model(cfg, device: torch.device | str = "cpu") -> JEPA:
+    """Build the full JEPA model for ``cfg`` with the attention backend resolved for ``device``."""
+    backend = resolve_backend(cfg.model.attention, device)
+    m = cfg.model
+    encoder = build_encoder(cfg, backend)
+    predictor = Predictor(encoder.grid, m.embed_dim, m.pred_dim, m.pred_depth, m.pred_heads, m.mlp_ratio,
+                          backend, shared_context=m.predictor_shared_context)
+    return JEPA(encoder, predictor, m.num_hierarchies).to(device)

@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+# Triton is pinned to the version torch 2.13's GPU wheels pin; it is only installed on Linux x86-64
+# (macOS/MPS users run the PyTorch fallbacks).
+setup(
+    name="jepa",
+    version="0.1.0",
+    description="Kernel-optimised I-JEPA / H-JEPA self-supervised pre-training of ViT encoders",
+    packages=find_packages(include=["jepa", "jepa.*", "kernels", "kernels.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "triton==3.7.1; platform_system == 'Linux' and platform_machine == 'x86_64'",
+        "pyyaml>=6.0",
+        "pillow>=9.0",
+        "numpy",
+        "tensorboard>=2.14",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "tensorboard>=2.14", "torch-tb-profiler>=0.4", "hypothesis>=6"],
+        "cuda": ["xformers"],
+    },
+    entry_points={"console_scripts": ["jepa-train=jepa.train:main", "jepa-eval=jepa.eval:main"]},
+)

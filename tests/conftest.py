@@ -1,0 +1,20 @@
+"""Shared test setup.
+
+Triton's interpreter must be switched on before any ``@triton.jit`` decorator
+runs, so it is set here, before the project is imported.  On a GPU machine
+``JEPA_REAL_TRITON=1`` keeps the compiled kernels (see ``bench/gpu_suite.sh``).
+"""
+import os
+
+if os.environ.get("JEPA_REAL_TRITON") != "1":
+    os.environ["TRITON_INTERPRET"] = "1"
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
