@@ -65,12 +65,8 @@ def build_dataset(cfg, split: str = "train"):
 def normalisation(cfg) -> tuple[list[float], list[float]]:
     d = cfg.data
     name = d.mix[0].name if d.mix else d.dataset
-    mean, std = dataset_stats(name)
-    mean = list(mean) if d.mean is None else d.mean
-    std = list(std) if d.std is None else d.std
-    if len(mean) != d.channels:
-        mean, std = mean[:1] * d.channels, std[:1] * d.channels
-    return mean, std
+    mean, std = dataset_stats(name, d.channels)
+    return (list(mean) if d.mean is None else d.mean), (list(std) if d.std is None else d.std)
 
 
 def build_augment(cfg) -> BatchAugment:
