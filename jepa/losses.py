@@ -6,6 +6,8 @@ import torch.nn.functional as F
 
 import kernels
 
+LN_EPS = 1e-6  # the fused loss kernel's layer-norm eps; every target path uses it so levels agree
+
 
 def expand_targets(tgt_idx: torch.Tensor, n_context_masks: int) -> torch.Tensor:
     """Repeat each target mask once per context mask, matching the predictor's (m, e, b) row order."""
@@ -19,7 +21,8 @@ def prediction_loss(pred, target, tgt_idx, kind: str = "mse", beta: float = 1.0,
     The default path is the fused kernel: target rows are gathered and layer-normed on the fly.
     """
     if not normalize_embeddings:
-        return kernels.masked_target_loss(pred, target, tgt_idx, kind=kind, beta=beta, normalize=normalize_targets)
+        return kernels.masked_target_loss(pred, target, tgt_idx, kind=kind, beta=beta, normalize=normalize_targets,
+                                          eps=LN_EPS)
     tgt = gather_targets(target, tgt_idx, normalize_targets)
     return elementwise_loss(F.normalize(pred.float(), dim=-1), F.normalize(tgt, dim=-1), kind, beta)
 
@@ -27,7 +30,7 @@ def prediction_loss(pred, target, tgt_idx, kind: str = "mse", beta: float = 1.0,
 def gather_targets(target, tgt_idx, normalize: bool = True):
     """Target features ``[R, K, D]`` at ``tgt_idx``, layer-normed without affine (rows only, never all of ``target``)."""
     tgt = kernels.masked_gather(target, tgt_idx).float()
-    return F.layer_norm(tgt, tgt.shape[-1:]) if normalize else tgt
+    return F.layer_norm(tgt, tgt.shape[-1:], eps=LN_EPS) if normalize else tgt
 
 
 def elementwise_loss(pred, tgt, kind: str, beta: float = 1.0):
@@ -63,3 +66,19 @@ def vicreg_terms(z: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torc
     off = cov - torch.diag(torch.diag(cov))
     covariance = off.pow(2).sum() / D
     return variance, covariance
+
+
+def vicreg_loss(z: torch.Tensor, target: torch.Tensor, n_context_masks: int = 1, var_weight: float = 25.0,
+                cov_weight: float = 25.0, inv_weight: float = 1.0) -> torch.Tensor:
+    """Weighted VICReg terms on the context encoder's mean-pooled embeddings ``z`` ``[E·B, Kc, D]`` (SPEC §6).
+
+    The invariance term compares each pooled embedding with the mean layer-normed target features ``[B, N, D]``
+    of the same image; ``inv_weight = 0`` drops it.
+    """
+    pooled = z.float().mean(dim=1)
+    variance, covariance = vicreg_terms(pooled)
+    reg = var_weight * variance + cov_weight * covariance
+    if inv_weight:
+        ref = F.layer_norm(target.detach().float(), target.shape[-1:], eps=LN_EPS).mean(dim=1)
+        reg = reg + inv_weight * F.mse_loss(pooled, ref.repeat(n_context_masks, 1))
+    return reg
