@@ -1,0 +1,92 @@
+"""Shared setup for the kernel benchmarks (``pytest bench/ --benchmark-only``).
+
+``JEPA_BENCH_SCALE`` = ``full`` (ViT-B/16 at 224 px, B=128; real ViT-S/B/L parameter lists)
+or ``small`` (B=16; 1/6 of the blocks).  Default: ``full`` on CUDA, ``small`` on CPU.
+``JEPA_BENCH_THREADS`` sets the CPU thread count (default: torch's).
+On CUDA, gather/loss inputs are bf16 (the AMP training dtype) and all three
+implementations are timed; on CPU, fp32 and only the PyTorch paths.
+"""
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import kernels
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+SCALE = os.environ.get("JEPA_BENCH_SCALE", "full" if CUDA else "small")
+if SCALE not in ("small", "full"):
+    raise ValueError(f"JEPA_BENCH_SCALE must be 'small' or 'full', got {SCALE!r}")
+DTYPE = torch.bfloat16 if CUDA else torch.float32
+if os.environ.get("JEPA_BENCH_THREADS"):
+    torch.set_num_threads(int(os.environ["JEPA_BENCH_THREADS"]))
+# reference = the reference I-JEPA code's unfused way; torch = our fallback; triton = fused kernel
+IMPLS = ["reference", "torch"] + (["triton"] if CUDA and kernels.HAS_TRITON else [])
+
+
+def ijepa_sizes():
+    """ViT-B/16 at 224 px: N=196 patches, D=768, M=4 target masks of K=36 patches."""
+    return dict(B=128 if SCALE == "full" else 16, N=196, D=768, M=4, K=36)
+
+
+def mask_indices(m, b, k, n, device=DEVICE):
+    """Sorted distinct patch indices per (mask, sample), as the I-JEPA mask collator yields."""
+    return torch.rand(m, b, n, device=device).argsort(-1)[..., :k].sort(-1).values
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "impls(extra=(), exclude=()): change the implementations an ``impl`` benchmark runs"
+    )
+
+
+def pytest_generate_tests(metafunc):
+    """Parametrise ``impl`` over reference / torch / triton (triton only on CUDA)."""
+    if "impl" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("impls")
+        extra = tuple(marker.kwargs.get("extra", ())) if marker else ()
+        exclude = tuple(marker.kwargs.get("exclude", ())) if marker else ()
+        impls = [i for i in IMPLS[:1] + list(extra) + IMPLS[1:] if i not in exclude]
+        metafunc.parametrize("impl", impls)
+
+
+@pytest.fixture
+def env():
+    """Device, dtype, scale and input helpers shared by the benchmarks."""
+    return SimpleNamespace(
+        device=DEVICE, dtype=DTYPE, scale=SCALE, cuda=CUDA, sizes=ijepa_sizes(), mask_indices=mask_indices
+    )
+
+
+@pytest.fixture
+def run_bench(benchmark):
+    """Time ``fn`` under ``impl`` (sets the kernels backend), record bytes and GB/s."""
+
+    def run(fn, *, nbytes, group, impl, **info):
+        if impl in ("torch", "triton"):
+            kernels.set_backend(impl)
+        benchmark.group = group
+        benchmark.extra_info.update(
+            impl=impl, bytes=int(nbytes), device=str(DEVICE), scale=SCALE, **info
+        )
+        if CUDA:
+            iters = 10
+
+            def timed():
+                for _ in range(iters):
+                    fn()
+                torch.cuda.synchronize()
+
+            benchmark.pedantic(timed, rounds=20, warmup_rounds=2, iterations=1)
+        else:
+            iters = 1
+            benchmark.pedantic(fn, rounds=10, warmup_rounds=1, iterations=1)
+        # min, not median: a shared machine only ever adds time
+        seconds = benchmark.stats.stats.min / iters
+        benchmark.extra_info["seconds_per_call"] = seconds
+        benchmark.extra_info["GB/s"] = round(nbytes / seconds / 1e9, 2)
+
+    yield run
+    kernels.set_backend("auto")

@@ -1,0 +1,144 @@
+"""ema_update_ vs float64 ``m*t + (1-m)*o``: every element must move to its expected value.
+
+Without a GPU the Triton kernel runs in the interpreter on CPU tensors; with
+``JEPA_REAL_TRITON=1`` on a CUDA machine it is compiled and the tensors live on the GPU.
+"""
+import inspect
+
+import pytest
+import torch
+
+import kernels
+from kernels import dispatch
+
+GPU = torch.cuda.is_available() and not dispatch.interpreting()
+DEVICE = "cuda" if GPU else "cpu"
+BACKENDS = [
+    pytest.param("triton", marks=pytest.mark.skipif(
+        not kernels.HAS_TRITON or not (GPU or dispatch.interpreting()),
+        reason="triton not installed, or compiled Triton without a GPU")),
+    "torch",
+]
+# sizes: tiny, odd, a full 8K-element chunk plus a tail, multi-dim weights
+SHAPES = [(1,), (3,), (61,), (200, 192), (8193,), (3, 61, 7)]
+TOL = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float64: 1e-12}
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    kernels.set_backend(request.param)
+    yield request.param
+    kernels.set_backend("auto")
+
+
+def make_pairs(dtypes, shapes=SHAPES):
+    """Targets and online params far enough apart that an unwritten element cannot pass."""
+    ts, os_ = [], []
+    for i, shape in enumerate(shapes):
+        dt = dtypes[i % len(dtypes)]
+        t = torch.randn(shape)
+        gap = (2.0 + torch.rand(shape)) * torch.where(torch.rand(shape) < 0.5, -1.0, 1.0)
+        ts.append(t.to(dtype=dt, device=DEVICE))
+        os_.append((t + gap).to(dtype=dt, device=DEVICE))
+    return ts, os_
+
+
+def check(ts, before, os_, m):
+    for t, t0, o in zip(ts, before, os_):
+        expected = m * t0.double() + (1 - m) * o.double()
+        err = (t.double() - expected).abs() / expected.abs().clamp_min(1.0)
+        assert err.max().item() < TOL[t.dtype], (t.dtype, tuple(t.shape))
+        moved = (t.double() - t0.double()).abs()
+        assert (moved > (1 - m)).all()
+
+
+@pytest.mark.parametrize(
+    "dtypes", [[torch.float32], [torch.float16], [torch.float32, torch.float16], [torch.float64]]
+)
+@pytest.mark.parametrize("momentum_kind", ["float", "tensor"])
+def test_ema_matches_reference(backend, dtypes, momentum_kind):
+    ts, os_ = make_pairs(dtypes)
+    before = [t.clone() for t in ts]
+    online_before = [o.clone() for o in os_]
+    m = 0.9
+    mom = m if momentum_kind == "float" else torch.tensor(m, dtype=torch.float64, device=DEVICE)
+    kernels.ema_update_(ts, os_, mom)
+    check(ts, before, os_, m)
+    assert all(torch.equal(o, o0) for o, o0 in zip(os_, online_before))
+
+
+def test_momentum_changes_every_step(backend):
+    ts, os_ = make_pairs([torch.float32], [(61,), (8193,)])
+    for m in (0.9, 0.95, 0.999):
+        before = [t.clone() for t in ts]
+        kernels.ema_update_(ts, os_, m)
+        check(ts, before, os_, m)
+        before = [t.clone() for t in ts]
+        kernels.ema_update_(ts, os_, torch.tensor(m, dtype=torch.float64, device=DEVICE))
+        check(ts, before, os_, m)
+
+
+def test_mixed_target_online_dtypes(backend):
+    ts = [torch.randn(61, device=DEVICE), torch.randn(200, device=DEVICE).half()]
+    os_ = [ts[0].half() + 4, ts[1].float() - 4]
+    before = [t.clone() for t in ts]
+    kernels.ema_update_(ts, os_, 0.5)
+    check(ts, before, os_, 0.5)
+
+
+def test_parameters_and_non_contiguous(backend):
+    lin_t, lin_o = torch.nn.Linear(7, 5).to(DEVICE), torch.nn.Linear(7, 5).to(DEVICE)
+    with torch.no_grad():
+        for p, q in zip(lin_o.parameters(), lin_t.parameters()):
+            p.copy_(q + 4.0)
+    base_t = torch.randn(8, 6, device=DEVICE)
+    base_o = base_t + 4
+    ts = list(lin_t.parameters()) + [base_t.t()]
+    os_ = list(lin_o.parameters()) + [base_o.t()]
+    before = [t.detach().clone() for t in ts]
+    kernels.ema_update_(ts, os_, 0.9)
+    check([t.detach() for t in ts], before, [o.detach() for o in os_], 0.9)
+    assert lin_t.weight.grad is None
+
+
+def test_empty_list_and_errors(backend):
+    kernels.ema_update_([], [], 0.9)
+    with pytest.raises(ValueError):
+        kernels.ema_update_([torch.zeros(3)], [], 0.9)
+
+
+@pytest.mark.skipif(not kernels.HAS_TRITON, reason="triton not installed")
+def test_momentum_is_runtime_argument():
+    """Changing the momentum must not recompile: it may not be a constexpr parameter."""
+    import triton.language as tl
+
+    from kernels import ema
+
+    fn = getattr(ema._ema_kernel, "fn", ema._ema_kernel)
+    params = inspect.signature(fn).parameters
+    assert params["momentum"].annotation is not tl.constexpr
+    assert params["mom_ptr"].annotation is not tl.constexpr
+
+
+@pytest.mark.skipif(not GPU, reason="bf16 needs CUDA (with compiled Triton: JEPA_REAL_TRITON=1)")
+@pytest.mark.parametrize("momentum_kind", ["float", "tensor"])
+def test_bf16_cuda(backend, momentum_kind):
+    ts, os_ = make_pairs([torch.bfloat16, torch.float32, torch.bfloat16])
+    before = [t.clone() for t in ts]
+    mom = 0.9 if momentum_kind == "float" else torch.tensor(0.9, dtype=torch.float64, device=DEVICE)
+    kernels.ema_update_(ts, os_, mom)
+    check(ts, before, os_, 0.9)
+
+
+def test_unaligned_views(backend):
+    """Contiguous views at odd element offsets (not 16-byte aligned) take the unhinted path."""
+    base_t = torch.randn(8200, device=DEVICE)
+    base_o = torch.empty(8200, device=DEVICE)
+    ts, os_ = [base_t[1:8194], base_t[8195:]], [base_o[3:8196], base_o[1:6]]
+    for t, o in zip(ts, os_):
+        o.copy_(t + 3.0)
+    before = [t.clone() for t in ts]
+    outside = base_t[[0, 8194]].clone()
+    kernels.ema_update_(ts, os_, 0.8)
+    check(ts, before, os_, 0.8)
+    assert torch.equal(base_t[[0, 8194]], outside)

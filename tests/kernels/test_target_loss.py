@@ -1,0 +1,183 @@
+"""masked_target_loss vs float64 F.layer_norm + gather + F.mse_loss / F.smooth_l1_loss.
+
+Without a GPU the Triton kernel runs in the interpreter on CPU tensors; with
+``JEPA_REAL_TRITON=1`` on a CUDA machine it is compiled and the tensors live on the GPU.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels
+from kernels import dispatch
+
+GPU = torch.cuda.is_available() and not dispatch.interpreting()
+DEVICE = "cuda" if GPU else "cpu"
+BACKENDS = [
+    pytest.param("triton", marks=pytest.mark.skipif(
+        not kernels.HAS_TRITON or not (GPU or dispatch.interpreting()),
+        reason="triton not installed, or compiled Triton without a GPU")),
+    "torch",
+]
+# (B, N, D, M, K): odd D, K=1, B=1, M=1 and 4
+SHAPES = [(1, 5, 3, 1, 1), (2, 7, 61, 4, 3), (3, 16, 192, 4, 5), (2, 9, 200, 1, 4), (1, 6, 200, 4, 1)]
+LOSSES = [("mse", 1.0), ("smooth_l1", 1.0), ("smooth_l1", 0.3), ("smooth_l1", 0.0)]
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """Select a backend and make every kernel output start as NaN (poisoned)."""
+
+    def poisoned(shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(dispatch, "empty", poisoned)
+    kernels.set_backend(request.param)
+    yield request.param
+    kernels.set_backend("auto")
+
+
+def make_idx(m, b, k, n):
+    idx = torch.randint(0, n, (m, b, k))
+    if m > 1:
+        idx[1, :, : (k + 1) // 2] = idx[0, :, : (k + 1) // 2]
+    return idx.to(DEVICE)
+
+
+def reference(pred, target, idx, kind, beta, normalize, eps=1e-6):
+    """Float64 loss and d(loss)/d(pred) the unfused way: full layer norm, gather, loss."""
+    pred = pred.detach().cpu().double().requires_grad_()
+    t = target.detach().cpu().double()
+    idx = idx.cpu()
+    if normalize:
+        t = F.layer_norm(t, (t.shape[-1],), eps=eps)
+    m, b, k = idx.shape
+    tg = torch.stack([t[bb, idx[mm, bb]] for mm in range(m) for bb in range(b)])
+    if kind == "mse":
+        loss = F.mse_loss(pred, tg)
+    else:
+        loss = F.smooth_l1_loss(pred, tg, beta=beta)
+    loss.backward()
+    return loss.detach(), pred.grad
+
+
+def rel_err(a, ref):
+    return ((a.cpu().double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("kind,beta", LOSSES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_backward(backend, shape, dtype, kind, beta):
+    b, n, d, m, k = shape
+    target = (torch.randn(b, n, d) * 3 + 1).to(dtype=dtype, device=DEVICE)
+    pred = torch.randn(m * b, k, d, dtype=dtype, device=DEVICE, requires_grad=True)
+    idx = make_idx(m, b, k, n)
+    loss = kernels.masked_target_loss(pred, target, idx, kind=kind, beta=beta)
+    assert loss.dtype == torch.float32 and loss.dim() == 0
+    ref_loss, ref_grad = reference(pred, target, idx, kind, beta, True)
+    assert abs(loss.item() - ref_loss.item()) / ref_loss.item() < TOL[dtype]
+    loss.backward()
+    assert pred.grad.dtype == dtype and not pred.grad.isnan().any()
+    assert rel_err(pred.grad, ref_grad) < TOL[dtype]
+
+
+@pytest.mark.parametrize("kind,beta", [("mse", 1.0), ("smooth_l1", 0.5)])
+@pytest.mark.parametrize("shape", [(2, 7, 61, 4, 3), (1, 5, 3, 1, 1)])
+def test_no_normalize(backend, shape, kind, beta):
+    b, n, d, m, k = shape
+    target = torch.randn(b, n, d, device=DEVICE)
+    pred = torch.randn(m * b, k, d, device=DEVICE, requires_grad=True)
+    idx = make_idx(m, b, k, n)
+    loss = kernels.masked_target_loss(pred, target, idx, kind=kind, beta=beta, normalize=False)
+    ref_loss, ref_grad = reference(pred, target, idx, kind, beta, False)
+    assert abs(loss.item() - ref_loss.item()) / ref_loss.item() < 1e-5
+    loss.backward()
+    assert rel_err(pred.grad, ref_grad) < 1e-5
+
+
+def test_eps_inside_sqrt(backend):
+    """A constant-ish target row: eps dominates the variance, so its placement matters."""
+    target = torch.full((1, 3, 8), 2.0, device=DEVICE)
+    target[0, 1, ::2] += 1e-3
+    pred = torch.zeros(1, 2, 8, device=DEVICE, requires_grad=True)
+    idx = torch.tensor([[[1, 0]]], device=DEVICE)
+    loss = kernels.masked_target_loss(pred, target, idx, eps=1e-4)
+    ref_loss, _ = reference(pred, target, idx, "mse", 1.0, True, eps=1e-4)
+    assert abs(loss.item() - ref_loss.item()) / ref_loss.item() < 1e-5
+
+
+@pytest.mark.parametrize("kind,beta", [("mse", 1.0), ("smooth_l1", 0.7)])
+def test_gradcheck_float64(backend, kind, beta):
+    b, n, d, m, k = 2, 5, 6, 2, 3
+    target = torch.randn(b, n, d, dtype=torch.float64, device=DEVICE)
+    pred = torch.randn(m * b, k, d, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    idx = make_idx(m, b, k, n)
+    fn = lambda p: kernels.masked_target_loss(p, target, idx, kind=kind, beta=beta)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (pred,))
+
+
+def test_grad_output_scaling_and_no_target_grad(backend):
+    b, n, d, m, k = 2, 7, 61, 4, 3
+    target = torch.randn(b, n, d, device=DEVICE, requires_grad=True)
+    pred = torch.randn(m * b, k, d, device=DEVICE, requires_grad=True)
+    idx = make_idx(m, b, k, n)
+    (kernels.masked_target_loss(pred, target, idx) * 3.0).backward()
+    _, ref_grad = reference(pred, target.detach(), idx, "mse", 1.0, True)
+    assert rel_err(pred.grad, 3.0 * ref_grad) < 1e-5
+    assert target.grad is None
+
+
+def test_mixed_pred_target_dtypes(backend):
+    """Under autocast the target encoder may emit fp16 while pred is fp32 (and vice versa)."""
+    b, n, d, m, k = 2, 7, 61, 4, 3
+    idx = make_idx(m, b, k, n)
+    for p_dt, t_dt in [(torch.float32, torch.float16), (torch.float16, torch.float32)]:
+        target = torch.randn(b, n, d, device=DEVICE).to(t_dt)
+        pred = torch.randn(m * b, k, d, device=DEVICE, dtype=p_dt, requires_grad=True)
+        loss = kernels.masked_target_loss(pred, target, idx)
+        ref_loss, ref_grad = reference(pred, target, idx, "mse", 1.0, True)
+        assert abs(loss.item() - ref_loss.item()) / ref_loss.item() < 1e-5
+        loss.backward()
+        assert pred.grad.dtype == p_dt
+        assert rel_err(pred.grad, ref_grad) < TOL[p_dt]
+
+
+def test_no_grad_forward(backend):
+    b, n, d, m, k = 2, 7, 61, 4, 3
+    target = torch.randn(b, n, d, device=DEVICE)
+    pred = torch.randn(m * b, k, d, device=DEVICE, requires_grad=True)
+    idx = make_idx(m, b, k, n)
+    with torch.no_grad():
+        loss = kernels.masked_target_loss(pred, target, idx)
+    ref_loss, _ = reference(pred, target, idx, "mse", 1.0, True)
+    assert abs(loss.item() - ref_loss.item()) / ref_loss.item() < 1e-5
+
+
+def test_two_dim_idx_and_errors(backend):
+    target = torch.randn(3, 10, 5, device=DEVICE)
+    pred = torch.randn(3, 4, 5, device=DEVICE)
+    idx = torch.randint(0, 10, (3, 4), device=DEVICE)
+    loss = kernels.masked_target_loss(pred, target, idx)
+    ref_loss, _ = reference(pred, target, idx.unsqueeze(0), "mse", 1.0, True)
+    assert abs(loss.item() - ref_loss.item()) / ref_loss.item() < 1e-5
+    with pytest.raises(ValueError):
+        kernels.masked_target_loss(pred, target, idx, kind="l1")
+    with pytest.raises(ValueError):
+        kernels.masked_target_loss(pred[:2], target, idx)
+
+
+@pytest.mark.skipif(not GPU, reason="bf16 needs CUDA (with compiled Triton: JEPA_REAL_TRITON=1)")
+@pytest.mark.parametrize("kind,beta", LOSSES)
+def test_bf16_cuda(backend, kind, beta):
+    b, n, d, m, k = 4, 50, 200, 4, 9
+    target = torch.randn(b, n, d, device=DEVICE, dtype=torch.bfloat16)
+    pred = torch.randn(m * b, k, d, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+    idx = make_idx(m, b, k, n)
+    loss = kernels.masked_target_loss(pred, target, idx, kind=kind, beta=beta)
+    assert loss.dtype == torch.float32
+    ref_loss, ref_grad = reference(pred, target, idx, kind, beta, True)
+    assert abs(loss.item() - ref_loss.item()) / ref_loss.item() < 1e-4
+    loss.backward()
+    assert pred.grad.dtype == torch.bfloat16
+    assert rel_err(pred.grad, ref_grad) < TOL[torch.bfloat16]
