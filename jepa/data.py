@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch.profiler import record_function
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from jepa.datasets import MixtureDataset, dataset_stats, load_dataset
 from jepa.masks import MaskSampler
@@ -125,15 +125,18 @@ class TrainBatches:
                              f"of dataset '{cfg.data.dataset}'; lower data.batch_size or raise data.subset")
 
     def order(self, epoch: int) -> torch.Tensor:
-        """This rank's sample order for ``epoch``: one global shuffle (or weighted draw), strided over ranks."""
-        g = torch.Generator().manual_seed(mix_seed(self.cfg.training.seed, epoch, 7))
+        """This rank's sample order for ``epoch``: a ``DistributedSampler`` after ``set_epoch`` (one global
+        shuffle strided over ranks, the uneven tail dropped); a mixture's weighted draw is strided the same way."""
         n = len(self.dataset)
         if isinstance(self.dataset, MixtureDataset):
+            g = torch.Generator().manual_seed(mix_seed(self.cfg.training.seed, epoch, 7))
             order = torch.multinomial(self.dataset.sample_weights(), n, replacement=True, generator=g)
-        else:
-            order = torch.randperm(n, generator=g)
-        usable = (n // self.world_size) * self.world_size
-        return order[:usable][self.rank::self.world_size]
+            usable = (n // self.world_size) * self.world_size
+            return order[:usable][self.rank::self.world_size]
+        sampler = DistributedSampler(self.dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True,
+                                     seed=mix_seed(self.cfg.training.seed, 7), drop_last=True)
+        sampler.set_epoch(epoch)
+        return torch.tensor(list(sampler), dtype=torch.long)
 
     def epoch(self, epoch: int, start: int = 0):
         batches = EpochBatches(self.dataset, self.order(epoch), self.batch_size, self.augment, self.sampler,
