@@ -1,0 +1,386 @@
+"""Frozen-encoder evaluation: ``python -m jepa.eval --checkpoint PATH --dataset NAME [--protocol linear|knn|both]``.
+
+The protocols are fixed (never tuned per checkpoint), so numbers are comparable:
+
+* features: the frozen TARGET encoder (``--encoder context`` for the other one) on the
+  test-time input (resized at load time, normalised with the training mean/std), mean
+  over output tokens after the final norm (``--features last4``: the final norm applied
+  to each of the last 4 blocks' outputs, token-mean, concatenated);
+* linear probe: features standardised with the train split's mean/std, a linear
+  softmax classifier fitted on the whole train split by full-batch L-BFGS
+  (``LINEAR_PROBE``), top-1 on the test split;
+* k-NN: k = 20 nearest train features by cosine similarity, votes weighted by
+  ``exp(similarity / 0.07)``, top-1 on the test split.
+
+``--baselines`` adds the same architecture at its random initialisation (the encoder
+the run started from) and raw pixels. Features are cached per checkpoint file content.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from jepa.checkpoint import CheckpointError, atomic_save, atomic_write_text, load_file
+from jepa.config import ConfigError, config_from_dict
+from jepa.progress import Progress
+
+log = logging.getLogger("jepa")
+
+LINEAR_PROBE = {"optimizer": "L-BFGS (full batch, strong Wolfe line search, history 20)", "max_iter": 300,
+                "l2": 1e-4, "standardize": True}
+KNN = {"k": 20, "temperature": 0.07, "similarity": "cosine"}
+FEATURES = ("mean", "last4")
+METHODS = {"pretrained": "pre-trained", "random_init": "random init", "raw_pixels": "raw pixels"}
+CACHE_VERSION = "features-v1"
+
+
+# ---------------------------------------------------------------- features
+
+
+def pool_tokens(encoder, x: torch.Tensor, features: str = "mean") -> torch.Tensor:
+    """``[B, D]`` token-mean of the encoder output, or ``[B, k·D]`` for the last ``k = min(4, depth)`` blocks."""
+    if features == "mean":
+        return encoder(x).mean(dim=1)
+    if features == "last4":
+        n = min(4, len(encoder.blocks))
+        _, blocks = encoder(x, return_block_outputs=n)
+        return torch.cat([encoder.norm(b).mean(dim=1) for b in blocks], dim=1)
+    raise ValueError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
+
+
+@torch.no_grad()
+def extract_features(encoder, dataset, transform, features: str = "mean", batch_size: int = 256,
+                     device="cpu", indices: torch.Tensor | None = None, progress: bool = False,
+                     amp_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features ``[N, F]`` (float32, CPU) and labels ``[N]`` of ``dataset`` (items ``indices``, default all).
+
+    ``encoder=None`` gives raw pixels: the transformed image, flattened.
+    """
+    idx = torch.arange(len(dataset)) if indices is None else indices
+    if encoder is not None:
+        was_training = encoder.training
+        encoder.eval()
+    bar = Progress(math.ceil(len(idx) / batch_size), enabled=progress)
+    out, labels = [], []
+    try:
+        for i, start in enumerate(range(0, len(idx), batch_size)):
+            images, y = dataset.get_batch(idx[start:start + batch_size])
+            x = transform(images).to(device)
+            if encoder is None:
+                f = x.flatten(1)
+            else:
+                with torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
+                    f = pool_tokens(encoder, x, features)
+            out.append(f.float().cpu())
+            labels.append(y)
+            bar.update(i + 1)
+            bar.set_postfix(images=start + len(y))  # redraws on a terminal, a line every 30 s in a log
+    finally:
+        bar.close()
+        if encoder is not None:
+            encoder.train(was_training)
+    return torch.cat(out), torch.cat(labels)
+
+
+# ---------------------------------------------------------------- protocols
+
+
+def standardize(train_x: torch.Tensor, test_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale every feature to zero mean, unit std on the train split (constant features are only centred)."""
+    mean = train_x.mean(0)
+    std = train_x.std(0)
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    return (train_x - mean) / std, (test_x - mean) / std
+
+
+def linear_probe(train_x, train_y, test_x, test_y, num_classes: int, max_iter: int = LINEAR_PROBE["max_iter"],
+                 l2: float = LINEAR_PROBE["l2"]) -> float:
+    """Top-1 on the test split of a softmax classifier on standardised features (see ``LINEAR_PROBE``).
+
+    Minimises mean cross-entropy + ``l2 · ||W||²`` (bias not decayed) with full-batch
+    L-BFGS from zero weights: deterministic, no learning rate or epochs to choose.
+    """
+    xs, xt = standardize(train_x.float(), test_x.float())
+    w = torch.zeros(xs.shape[1], num_classes, requires_grad=True)
+    b = torch.zeros(num_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-6, tolerance_change=1e-9)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(xs @ w + b, train_y) + l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        return (xt @ w + b).argmax(1).eq(test_y).float().mean().item()
+
+
+def knn_predict(train_x, train_y, test_x, num_classes: int, k: int = KNN["k"],
+                temperature: float = KNN["temperature"], chunk: int = 1024) -> torch.Tensor:
+    """Class predictions ``[T]``: votes of the ``k`` most cosine-similar train items, weighted ``exp(sim / t)``."""
+    train_n = F.normalize(train_x.float(), dim=1)
+    k = min(k, train_n.shape[0])
+    preds = []
+    for start in range(0, test_x.shape[0], chunk):
+        q = F.normalize(test_x[start:start + chunk].float(), dim=1)
+        sims, nn_idx = (q @ train_n.T).topk(k, dim=1)
+        votes = torch.zeros(q.shape[0], num_classes, dtype=torch.float64)
+        votes.scatter_add_(1, train_y[nn_idx], (sims.double() / temperature).exp())
+        preds.append(votes.argmax(1))
+    return torch.cat(preds)
+
+
+def knn_accuracy(train_x, train_y, test_x, test_y, num_classes: int, k: int = KNN["k"],
+                 temperature: float = KNN["temperature"]) -> float:
+    return knn_predict(train_x, train_y, test_x, num_classes, k, temperature).eq(test_y).float().mean().item()
+
+
+def run_protocols(train, test, num_classes: int, protocol: str = "both") -> dict:
+    """``{"linear": top1, "knn": top1}`` (the requested ones) for cached ``(features, labels)`` pairs."""
+    out = {}
+    if protocol in ("linear", "both"):
+        out["linear"] = round(linear_probe(train[0], train[1], test[0], test[1], num_classes), 6)
+    if protocol in ("knn", "both"):
+        out["knn"] = round(knn_accuracy(train[0], train[1], test[0], test[1], num_classes), 6)
+    return out
+
+
+# ---------------------------------------------------------------- cache
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_path(folder: Path, label: str, key: dict) -> Path:
+    """``folder/<label>.<hash of key>.pt``: any change of source, data or feature option is a new file."""
+    digest = hashlib.sha256(json.dumps({"v": CACHE_VERSION, **key}, sort_keys=True, default=str).encode())
+    return folder / f"{label}.{digest.hexdigest()[:16]}.pt"
+
+
+def cached_features(path: Path | None, compute) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load ``(features, labels)`` from ``path`` or compute and store them there (``path=None``: no cache)."""
+    if path is not None and path.is_file():
+        try:
+            data = load_file(path)
+            log.info("features from cache %s", path)
+            return data["features"], data["labels"]
+        except (CheckpointError, KeyError, TypeError) as e:
+            log.warning("ignoring unreadable feature cache %s (%s); recomputing", path, e)
+    feats, labels = compute()
+    if path is not None:
+        try:
+            atomic_save({"features": feats, "labels": labels}, path)
+        except OSError as e:
+            log.warning("could not write the feature cache %s (%s); continuing without it", path, e)
+    return feats, labels
+
+
+# ---------------------------------------------------------------- the command
+
+
+def load_source(path: Path, encoder: str, device):
+    """``(model config, trained encoder, step, checkpoint digest)`` of a training checkpoint or an encoder export."""
+    from jepa.export import encoder_from, read_encoder
+    enc = read_encoder(path, encoder)
+    try:
+        cfg = config_from_dict(enc["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its saved config is not valid for this version of jepa ({e})") from None
+    return cfg, encoder_from(enc, device, path), enc["step"], file_digest(path)
+
+
+def random_init_encoder(cfg, device):
+    """The encoder the run started from: built under ``training.seed`` without touching the global RNG."""
+    from jepa.models import build_encoder
+    from jepa.models.attention import resolve_backend
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.training.seed)
+        enc = build_encoder(cfg, resolve_backend(cfg.model.attention, device))
+    return enc.to(device).eval()
+
+
+def evaluate(checkpoint: str | Path, dataset: str | None = None, protocol: str = "both", encoder: str = "target",
+             features: str = "mean", baselines: bool = False, root: str | None = None,
+             train_subset: int | None = None, test_subset: int | None = None, test_split: str = "test",
+             batch_size: int = 256, device: str = "cpu", cache: bool = True, progress: bool = True,
+             out: str | Path | None = None) -> dict:
+    """Run the protocols on a checkpoint (and baselines), write the JSON report, return it."""
+    from jepa.datasets import load_dataset
+    from jepa.transforms import EvalTransform
+    checkpoint = Path(checkpoint)
+    t0 = time.time()
+    cfg, trained, step, digest = load_source(checkpoint, encoder, device)
+    name = dataset or cfg.data.dataset
+    mean, std = trained.normalization["mean"], trained.normalization["std"]
+    load = dict(channels=cfg.data.channels, image_size=cfg.data.image_size)
+    train_ds = load_dataset(name, "train", root, subset=train_subset, **load)
+    test_ds = load_dataset(name, test_split, root, subset=test_subset, **load)
+    transform = EvalTransform(cfg.data.image_size, mean, std)
+    cache_dir = checkpoint.parent / "eval_cache" if cache else None
+    data_key = {"dataset": name, "root": str(train_ds.root), "train_n": len(train_ds), "test_n": len(test_ds),
+                "test_split": test_split, "size": cfg.data.image_size, "channels": cfg.data.channels,
+                "mean": list(mean), "std": list(std)}
+
+    sources = {"pretrained": (trained, {"checkpoint_sha256": digest, "encoder": encoder},
+                              f"{checkpoint.stem}.{encoder}")}
+    if baselines:
+        sources["random_init"] = (random_init_encoder(cfg, device),
+                                  {"random_init": cfg.to_dict()["model"], "seed": cfg.training.seed}, "random_init")
+        sources["raw_pixels"] = (None, {"raw_pixels": True}, None)
+
+    results = {}
+    for method, (model, key, label) in sources.items():
+        t1 = time.time()
+        split_feats = []
+        for split, ds in (("train", train_ds), (test_split, test_ds)):
+            path = None
+            if cache_dir is not None and model is not None:
+                path = cache_path(cache_dir, f"{label}.{name}.{split}.{features}",
+                                  {**key, **data_key, "split": split, "features": features})
+            if progress and model is not None and not (path is not None and path.is_file()):
+                print(f"{METHODS[method]} features: {name} {split}, {len(ds)} images", file=sys.stderr)
+            split_feats.append(cached_features(path, lambda ds=ds, model=model: extract_features(
+                model, ds, transform, features, batch_size, device, progress=progress)))
+        acc = run_protocols(split_feats[0], split_feats[1], train_ds.num_classes, protocol)
+        results[method] = {**acc, "feature_dim": int(split_feats[0][0].shape[1]),
+                           "seconds": round(time.time() - t1, 1)}
+
+    report = {"checkpoint": str(checkpoint), "step": step, "encoder": encoder, "features": features,
+              "dataset": name, "test_split": test_split, "train_images": len(train_ds), "test_images": len(test_ds),
+              "linear_probe": LINEAR_PROBE, "knn": KNN, "results": results, "seconds": round(time.time() - t0, 1)}
+    out = Path(out) if out else checkpoint.with_name(f"{checkpoint.stem}.eval.{name}.json")
+    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    report["json"] = str(out)
+    return report
+
+
+def format_table(report: dict) -> str:
+    """Markdown table: one row per feature source, linear and k-NN top-1 in percent."""
+    cols = [c for c in ("linear", "knn") if any(c in r for r in report["results"].values())]
+    head = {"linear": "linear probe top-1", "knn": f"k-NN top-1 (k={KNN['k']})"}
+    lines = ["| features | " + " | ".join(head[c] for c in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for method in ("raw_pixels", "random_init", "pretrained"):
+        r = report["results"].get(method)
+        if r is not None:
+            lines.append(f"| {METHODS[method]} | " + " | ".join(f"{100 * r[c]:.1f} %" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- monitor during training
+
+
+def monitor_data(cfg, seed: int):
+    """Fixed labelled subsets (``eval.max_train`` train, ``eval.max_test`` test images) for the k-NN monitor."""
+    from jepa.data import mix_seed
+    from jepa.datasets import load_dataset
+    d = cfg.data
+    if d.mix:
+        raise ValueError("the k-NN monitor needs one labelled dataset; data.mix is set")
+    load = dict(channels=d.channels, image_size=d.image_size)
+    train = load_dataset(d.dataset, "train", d.root, **load)
+    test = load_dataset(d.dataset, "test", d.root, **load)
+    g = torch.Generator().manual_seed(mix_seed(seed, 1729))
+    picks = []
+    for ds, n in ((train, cfg.eval.max_train), (test, cfg.eval.max_test)):
+        labelled = (ds.labels >= 0).nonzero().squeeze(1)
+        if labelled.numel() == 0:
+            raise ValueError(f"dataset '{d.dataset}' split '{ds.split}' has no labels")
+        picks.append(labelled[torch.randperm(labelled.numel(), generator=g)[:n]].sort().values)
+    return train, test, picks
+
+
+def knn_monitor(trainer) -> float | None:
+    """k-NN top-1 of the training encoder on fixed subsets (``eval`` config); None where it cannot run.
+
+    Runs on rank 0 only, without grad, with its own generator: the training RNG,
+    weights and data stream are untouched, so resumed runs stay exact.
+    """
+    if not trainer.is_main:
+        return None
+    cfg = trainer.cfg
+    data = getattr(trainer, "_knn_monitor_data", None)
+    if data is None:
+        try:
+            data = monitor_data(cfg, cfg.training.seed)
+        except (FileNotFoundError, ValueError) as e:
+            log.warning("k-NN monitor disabled: %s", e)
+            data = False
+        trainer._knn_monitor_data = data
+    if data is False:
+        return None
+    train, test, (train_idx, test_idx) = data
+    t0 = time.time()
+    from jepa.data import normalisation
+    from jepa.transforms import EvalTransform
+    transform = EvalTransform(cfg.data.image_size, *normalisation(cfg))
+    encoder = trainer.target_encoder if cfg.eval.encoder == "target" else trainer.model.context_encoder
+    feats = [extract_features(encoder, ds, transform, cfg.eval.features, cfg.data.batch_size, trainer.device, idx,
+                              amp_dtype=trainer.amp_dtype) for ds, idx in ((train, train_idx), (test, test_idx))]
+    acc = knn_accuracy(feats[0][0], feats[0][1], feats[1][0], feats[1][1], train.num_classes, cfg.eval.knn_k,
+                       cfg.eval.knn_temperature)
+    log.info("k-NN monitor after epoch %d: top-1 %.2f %% (%d train / %d test images, %.1fs)", trainer.epoch,
+             100 * acc, len(train_idx), len(test_idx), time.time() - t0)
+    return acc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jepa.eval", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="training checkpoint or exported encoder (.pt)")
+    parser.add_argument("--dataset", help="labelled dataset to evaluate on (default: the one trained on)")
+    parser.add_argument("--data-root", help="where the dataset lives (default: the usual search path)")
+    parser.add_argument("--protocol", choices=("linear", "knn", "both"), default="both")
+    parser.add_argument("--encoder", choices=("target", "context"), default="target",
+                        help="which frozen encoder gives the features (default: target)")
+    parser.add_argument("--features", choices=FEATURES, default="mean",
+                        help="mean: token-mean of the output; last4: concatenated means of the last 4 blocks")
+    parser.add_argument("--baselines", action="store_true", help="also evaluate random init and raw pixels")
+    parser.add_argument("--train-subset", type=int, help="use only the first N train images")
+    parser.add_argument("--test-subset", type=int, help="use only the first N test images")
+    parser.add_argument("--test-split", default="test", help="split to report top-1 on (default: test)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--out", help="JSON report path (default: next to the checkpoint)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for flag in ("train_subset", "test_subset", "batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    try:
+        from jepa.train import pick_device
+        device = str(pick_device(args.device))
+        report = evaluate(args.checkpoint, args.dataset, args.protocol, args.encoder, args.features, args.baselines,
+                          args.data_root, args.train_subset, args.test_subset, args.test_split, args.batch_size,
+                          device, not args.no_cache, not args.no_progress, args.out)
+    except (CheckpointError, ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{report['checkpoint']} (step {report['step']}, {report['encoder']} encoder, {report['features']} "
+          f"features) on {report['dataset']}: {report['train_images']} train / {report['test_images']} "
+          f"{report['test_split']} images")
+    print(format_table(report))
+    print(f"wrote {report['json']} ({report['seconds']:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

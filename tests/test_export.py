@@ -1,0 +1,94 @@
+"""Encoder export: a weights_only file that rebuilds the target encoder with identical outputs."""
+import pytest
+import torch
+
+import jepa
+from jepa.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
+from jepa.config import load_config
+from jepa.export import load_encoder, main
+from jepa.train import Trainer
+
+SMALL = {"model.embed_dim": "32", "model.depth": "2", "model.num_heads": "2", "model.pred_dim": "16",
+         "model.pred_depth": "1", "model.pred_heads": "2", "masks.min_keep": "4", "data.batch_size": "32",
+         "data.subset": "128", "training.epochs": "1", "training.stop_at_step": "2", "logging.progress": "false",
+         "logging.tensorboard": "false", "training.device": "cpu"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and the cores are shared with other test runs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    trainer = Trainer(load_config(None, SMALL), run_dir=run)
+    trainer.train()
+    return trainer, checkpoint_path(run, 2)
+
+
+def test_export_round_trip_gives_identical_outputs(trained, tmp_path, capsys):
+    trainer, ckpt = trained
+    out = tmp_path / "encoder.pt"
+    assert main(["--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    assert "tokens [B, 49, 32]" in capsys.readouterr().out
+    raw = torch.load(out, weights_only=True)
+    assert raw["spec"] == {"img_size": 28, "patch_size": 4, "in_chans": 1, "embed_dim": 32, "depth": 2,
+                           "num_heads": 2, "mlp_ratio": 4.0}
+    assert raw["step"] == 2 and raw["encoder"] == "target"
+    encoder = jepa.load_encoder(out)
+    assert isinstance(encoder, torch.nn.Module) and not encoder.training
+    assert encoder.normalization == {"mean": [0.286], "std": [0.353]}
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        expected = trainer.model.target_encoder.eval()(x)
+        got = encoder(x)
+    assert got.shape == (5, 49, 32) and torch.equal(got, expected)
+    ctx = trainer.model.context_encoder
+    assert not all(torch.equal(a, b) for a, b in zip(ctx.parameters(), encoder.parameters())), \
+        "after training the target encoder must differ from the context encoder, or the test proves nothing"
+
+
+def test_export_context_encoder_and_load_from_training_checkpoint(trained, tmp_path):
+    trainer, ckpt = trained
+    out = tmp_path / "context.pt"
+    assert main(["--checkpoint", str(ckpt), "--out", str(out), "--encoder", "context"]) == 0
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(load_encoder(out, which="context")(x),
+                           trainer.model.context_encoder.eval()(x))
+        assert torch.equal(load_encoder(ckpt)(x), trainer.model.target_encoder.eval()(x))
+    with pytest.raises(CheckpointError, match="export of the context encoder"):
+        load_encoder(out)
+
+
+def test_export_errors_name_the_file(trained, tmp_path, capsys):
+    _, ckpt = trained
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(ckpt.read_bytes()[:500])
+    assert main(["--checkpoint", str(bad), "--out", str(tmp_path / "x.pt")]) == 1
+    assert str(bad) in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weight": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match="foreign.pt is neither"):
+        load_encoder(foreign)
+    out = tmp_path / "enc.pt"
+    main(["--checkpoint", str(ckpt), "--out", str(out)])
+    with pytest.raises(CheckpointError, match="exported encoder.*cannot be resumed"):
+        load_checkpoint(out)
+
+
+def test_evaluation_accepts_an_exported_encoder(trained, tmp_path):
+    from jepa.eval import evaluate
+    _, ckpt = trained
+    out = tmp_path / "encoder.pt"
+    main(["--checkpoint", str(ckpt), "--out", str(out)])
+    kw = dict(protocol="knn", train_subset=200, test_subset=50, cache=False, progress=False)
+    from_export = evaluate(out, out=tmp_path / "a.json", **kw)
+    from_ckpt = evaluate(ckpt, out=tmp_path / "b.json", **kw)
+    assert from_export["step"] == 2
+    assert from_export["results"]["pretrained"]["knn"] == from_ckpt["results"]["pretrained"]["knn"]
