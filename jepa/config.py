@@ -150,8 +150,10 @@ class EvalConfig:
     every_epochs: int = 0  # periodic k-NN monitor; 0 disables
     knn_k: int = 20
     knn_temperature: float = 0.07
-    max_train: int = 10000
-    max_test: int = 2000
+    max_train: int = 10000  # monitor: labelled train images used as the k-NN memory
+    max_test: int = 2000  # monitor: test images classified
+    encoder: str = "target"  # target|context
+    features: str = "mean"  # mean|last4 (concatenated means of the last 4 blocks)
 
 
 @dataclass
@@ -164,8 +166,9 @@ class ProfilingConfig:
 
 @dataclass
 class DistributedConfig:
-    backend: str = "auto"  # auto|nccl|gloo
-    strategy: str = "ddp"  # ddp|fsdp
+    """Used only under torchrun (WORLD_SIZE > 1); a plain run ignores it."""
+    backend: str = "auto"  # auto (nccl on CUDA, gloo otherwise)|nccl|gloo
+    strategy: str = "ddp"  # ddp (replicated weights)|fsdp (fully_shard on ViT blocks; bf16 or fp32)
 
 
 @dataclass
@@ -417,13 +420,28 @@ def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
     _check(c.keep_last >= 1, "checkpoint.keep_last", f"must be >= 1, got {c.keep_last}")
     _check(c.every_epochs >= 0 and c.every_steps >= 0, "checkpoint.every_epochs",
            "every_epochs and every_steps must be >= 0")
-    _check(cfg.eval.knn_k >= 1, "eval.knn_k", f"must be >= 1, got {cfg.eval.knn_k}")
-    _check(cfg.eval.knn_temperature > 0, "eval.knn_temperature", f"must be > 0, got {cfg.eval.knn_temperature}")
+    ev = cfg.eval
+    _check(ev.every_epochs >= 0, "eval.every_epochs", f"must be >= 0 (0 disables the monitor), got {ev.every_epochs}")
+    _check(ev.knn_k >= 1, "eval.knn_k", f"must be >= 1, got {ev.knn_k}")
+    _check(ev.knn_temperature > 0, "eval.knn_temperature", f"must be > 0, got {ev.knn_temperature}")
+    _check(ev.max_train >= 1 and ev.max_test >= 1, "eval.max_train",
+           f"eval.max_train and eval.max_test must be >= 1, got {ev.max_train} and {ev.max_test}")
+    _choice(ev.encoder, ["target", "context"], "eval.encoder")
+    _choice(ev.features, ["mean", "last4"], "eval.features")
+    _choice(c.monitor, ["loss", "knn"], "checkpoint.monitor")
+    _check(c.monitor != "knn" or ev.every_epochs > 0, "checkpoint.monitor",
+           "'knn' needs the k-NN monitor: set eval.every_epochs >= 1")
     p = cfg.profiling
     _check(p.wait >= 0 and p.warmup >= 0 and p.active >= 1, "profiling.active",
            "wait and warmup must be >= 0 and active >= 1")
     _choice(cfg.distributed.backend, ["auto", "nccl", "gloo"], "distributed.backend")
     _choice(cfg.distributed.strategy, ["ddp", "fsdp"], "distributed.strategy")
+    _check(not (cfg.distributed.strategy == "fsdp" and t.precision == "fp16"), "training.precision",
+           "fp16 needs a grad scaler that agrees across shards, which the fsdp strategy does not have; "
+           "use bf16 or fp32 with distributed.strategy fsdp")
+    _check(not (cfg.distributed.strategy == "fsdp" and cfg.eval.every_epochs > 0), "eval.every_epochs",
+           "the k-NN monitor runs on rank 0 alone and cannot read FSDP-sharded weights; set eval.every_epochs: 0 "
+           "with distributed.strategy fsdp and evaluate checkpoints with python -m jepa.eval")
     return cfg
 
 

@@ -8,6 +8,7 @@ skipping batches without loading them.
 from __future__ import annotations
 
 import hashlib
+import signal
 from dataclasses import dataclass
 
 import torch
@@ -107,6 +108,11 @@ class EpochBatches(Dataset):
         return Batch(images, labels, ctx_idx, tgt_idx, block_shape(tgt_idx, self.sampler.grid[1]))
 
 
+def _ignore_sigint(_worker_id: int):
+    """Ctrl-C is for the main process, which finishes its step and saves; workers must not die first."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class TrainBatches:
     """The training stream: ``epoch(e, start=k)`` yields the batches of epoch ``e`` from batch ``k`` on."""
 
@@ -144,5 +150,6 @@ class TrainBatches:
         workers = self.cfg.data.num_workers
         loader = DataLoader(batches, batch_size=None, sampler=range(start, len(batches)), num_workers=workers,
                             pin_memory=self.pin_memory, persistent_workers=False,
-                            prefetch_factor=4 if workers else None)
+                            prefetch_factor=4 if workers else None, worker_init_fn=_ignore_sigint,
+                            generator=torch.Generator().manual_seed(mix_seed(self.cfg.training.seed, epoch)))
         return iter(loader)

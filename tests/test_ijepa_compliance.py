@@ -113,7 +113,7 @@ def test_training_batches_carry_disjoint_masks_and_their_block_shape(tmp_path):
 
 
 def test_schedule_values_at_given_steps_of_the_fashion_mnist_run(tmp_path):
-    cfg = load_config(CONFIGS / "cpu_fashion_mnist.yaml", QUIET)
+    cfg = load_config(CONFIGS / "cpu_fashion_mnist.yaml", {**QUIET, "training.epochs": "3"})
     s = Trainer(cfg, run_dir=tmp_path).schedules                   # 60000 // 128 = 468 steps x 3 epochs
     assert (s.total_steps, s.warmup_steps) == (1404, 468)
     assert s.momentum_at(0) == pytest.approx(0.996, abs=1e-12)

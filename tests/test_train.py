@@ -135,3 +135,27 @@ def test_nonfinite_loss_stops_without_overwriting_checkpoint(tmp_path):
         trainer.train()
     saved = sorted(p.name for p in (tmp_path / "checkpoints").glob("ckpt_step*.pt"))
     assert saved == ["ckpt_step00000002.pt"]
+
+
+@pytest.fixture
+def restore_kernel_backend():
+    import kernels
+    yield
+    kernels.set_backend("auto")
+
+
+def test_triton_and_torch_kernels_give_the_same_loss_curve(tmp_path, restore_kernel_backend):
+    """20 CPU steps with the Triton kernels (interpreter) track the PyTorch fallbacks."""
+    curves = {}
+    for backend in ("torch", "triton"):
+        cfg = small_cfg(**{"training.kernels": backend, "model.embed_dim": "16", "model.pred_dim": "8",
+                           "data.batch_size": "8", "data.subset": "160", "training.epochs": "1"})
+        trainer = Trainer(cfg, run_dir=tmp_path / backend)
+        losses = []
+        for group in trainer.micro_batches():
+            if group is None:
+                break
+            losses.append(trainer.train_step(group)["loss"].item())
+        curves[backend] = torch.tensor(losses)
+    assert len(curves["torch"]) == 20
+    torch.testing.assert_close(curves["triton"], curves["torch"], rtol=1e-4, atol=1e-5)

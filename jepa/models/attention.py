@@ -1,7 +1,9 @@
 """The one attention entry point of the models, so backends plug in at a single place.
 
 ``math`` is the explicit reference softmax(QKᵀ/√d)V, ``sdpa`` is PyTorch's fused
-kernel, ``xformers`` is xformers' memory-efficient attention (CUDA only).
+kernel, ``xformers`` is xformers' memory-efficient attention (CUDA only).  ``auto``
+resolves to xformers on CUDA when it imports (per call: only for a dtype and head
+size its op supports, else SDPA), and to SDPA everywhere else.
 """
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ import torch.nn.functional as F
 
 log = logging.getLogger("jepa")
 BACKENDS = ("auto", "xformers", "sdpa", "math")
+AUTO_XFORMERS = "auto-xformers"  # what ``auto`` resolves to on CUDA with xformers: xformers where it can run
 _announced: set[str] = set()
+_xformers_support: dict = {}
 
 
 def xformers_available() -> bool:
@@ -22,6 +26,32 @@ def xformers_available() -> bool:
     except Exception:
         return False
     return torch.cuda.is_available()
+
+
+def xformers_supports(head_dim: int, dtype: torch.dtype, device: torch.device | str = "cuda") -> bool:
+    """Whether xformers' op runs forward and backward for this head size and dtype (probed once, cached).
+
+    Inside a ``torch.compile`` trace nothing is probed: an unprobed case counts as unsupported.
+    """
+    key = (int(head_dim), dtype, str(torch.device(device)))
+    if key not in _xformers_support:
+        if torch.compiler.is_compiling():
+            return False
+        try:
+            import xformers.ops as xops
+            q = torch.zeros(1, 8, 1, head_dim, device=device, dtype=dtype, requires_grad=True)
+            xops.memory_efficient_attention(q, q, q).float().sum().backward()
+            _xformers_support[key] = True
+        except Exception:
+            _xformers_support[key] = False
+    return _xformers_support[key]
+
+
+def prepare_backend(backend: str, head_dim: int):
+    """Probe xformers for a layer's head size in every training dtype now, not inside a compiled graph."""
+    if backend == AUTO_XFORMERS:
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            xformers_supports(head_dim, dtype)
 
 
 def resolve_backend(name: str, device: torch.device | str) -> str:
@@ -35,10 +65,11 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
             "(pip install -e '.[cuda]'); use model.attention: auto or sdpa on "
             f"{device.type}")
     if name == "auto":
-        name = "xformers" if device.type == "cuda" and xformers_available() else "sdpa"
+        name = AUTO_XFORMERS if device.type == "cuda" and xformers_available() else "sdpa"
     if name not in _announced:
         _announced.add(name)
-        log.info("attention backend: %s", name)
+        log.info("attention backend: %s", "xformers (auto: SDPA for a dtype or head size xformers cannot run)"
+                 if name == AUTO_XFORMERS else name)
     return name
 
 
@@ -50,19 +81,30 @@ def math_attention(q, k, v, attn_mask=None):
     return scores.softmax(dim=-1) @ v
 
 
+def _xformers_bias(attn_mask, q, k):
+    """An additive bias ``[B, H, Nq, Nk]`` for xformers, its rows padded to 8 elements (an alignment it requires)."""
+    nq, nk = q.shape[2], k.shape[2]
+    pad = (-nk) % 8
+    mask = attn_mask.expand(*attn_mask.shape[:-2], nq, nk)
+    base = torch.zeros(*mask.shape[:-1], nk + pad, dtype=q.dtype, device=q.device)[..., :nk]
+    if attn_mask.dtype == torch.bool:
+        base.masked_fill_(~mask, float("-inf"))
+    else:
+        base.add_(mask.to(q.dtype))
+    return base.expand(q.shape[0], q.shape[1], nq, nk)
+
+
 def attention(q, k, v, backend: str = "sdpa", attn_mask=None):
     """``q, k, v``: ``[B, H, N, d]``; ``attn_mask``: bool (True = attend) or additive, broadcastable."""
+    if backend == AUTO_XFORMERS:
+        backend = "xformers" if q.is_cuda and xformers_supports(q.shape[-1], q.dtype, q.device) else "sdpa"
     if backend == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
     if backend == "math":
         return math_attention(q, k, v, attn_mask)
     if backend == "xformers":
         import xformers.ops as xops
-        bias = None
-        if attn_mask is not None:
-            bias = attn_mask if attn_mask.dtype != torch.bool else \
-                torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(~attn_mask, float("-inf"))
-            bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        bias = None if attn_mask is None else _xformers_bias(attn_mask, q, k)
         out = xops.memory_efficient_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias)
         return out.transpose(1, 2)

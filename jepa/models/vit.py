@@ -7,8 +7,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torch.profiler import record_function
+
 import kernels
-from jepa.models.attention import attention
+from jepa.models.attention import attention, prepare_backend
 from jepa.models.pos_embed import sincos_2d
 
 
@@ -17,14 +19,25 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.backend = backend
+        prepare_backend(backend, dim // num_heads)
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x, attn_mask=None):
+    def forward(self, x, attn_mask=None, queries_from: int = 0):
+        """Attention output for tokens ``queries_from:`` (default all); every token is a key and a value."""
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = attention(qkv[0], qkv[1], qkv[2], self.backend, attn_mask)
-        return self.proj(out.transpose(1, 2).reshape(B, N, C))
+        H, d = self.num_heads, C // self.num_heads
+        if queries_from:
+            w, b = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, queries_from:], w[:C], b[:C]).view(B, N - queries_from, H, d).transpose(1, 2)
+            k, v = F.linear(x, w[C:], b[C:]).view(B, N, 2, H, d).permute(2, 0, 3, 1, 4).unbind(0)
+            if attn_mask is not None:
+                attn_mask = attn_mask[..., queries_from:, :]
+        else:
+            # unbind, not qkv[0..2]: its backward is one stack, where three selects each zero-fill a qkv-sized grad
+            q, k, v = self.qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
+        out = attention(q, k, v, self.backend, attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(B, N - queries_from, C))
 
 
 class MLP(nn.Module):
@@ -47,8 +60,13 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
-    def forward(self, x, attn_mask=None):
-        x = x + self.attn(self.norm1(x), attn_mask)
+    def forward(self, x, attn_mask=None, queries_from: int = 0):
+        """``queries_from=s`` returns only tokens ``s:`` (the rest still act as keys and values): a last block
+        whose earlier outputs are discarded skips their projection and MLP."""
+        if queries_from:
+            x = x[:, queries_from:] + self.attn(self.norm1(x), attn_mask, queries_from)
+        else:
+            x = x + self.attn(self.norm1(x), attn_mask)
         return x + self.mlp(self.norm2(x))
 
 
@@ -71,6 +89,7 @@ def init_weights(module: nn.Module, blocks: nn.ModuleList):
 def set_attention_backend(module: nn.Module, backend: str):
     for m in module.modules():
         if isinstance(m, Attention):
+            prepare_backend(backend, m.qkv.in_features // m.num_heads)
             m.backend = backend
 
 
@@ -94,7 +113,9 @@ class VisionTransformer(nn.Module):
         init_weights(self, self.blocks)
 
     def embed(self, x):
-        return self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
+        # pos_embed first: the sum takes the layout of the contiguous operand, so the tokens come out
+        # contiguous instead of in the conv's [B, D, N] layout (which cost a copy in every layer norm and linear)
+        return self.pos_embed + self.patch_embed(x).flatten(2).transpose(1, 2)
 
     def forward(self, x, idx=None, return_block_outputs: int = 0):
         x = self.embed(x)
@@ -133,21 +154,28 @@ class Predictor(nn.Module):
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     def forward(self, ctx, ctx_idx, tgt_idx):
+        if torch.compiler.is_compiling():  # a compiled graph has no Python ranges; dynamo would warn
+            return self._forward(ctx, ctx_idx, tgt_idx)
+        with record_function("predictor"):
+            return self._forward(ctx, ctx_idx, tgt_idx)
+
+    def _forward(self, ctx, ctx_idx, tgt_idx):
         M, B, Kt = tgt_idx.shape
-        E = ctx_idx.shape[0]
-        Kc = ctx.shape[1]
-        pos = self.pos_embed.expand(B, -1, -1)
-        x = self.embed(ctx) + kernels.masked_gather(pos, ctx_idx)            # [E·B, Kc, P]
-        tgt_pos = kernels.masked_gather(pos, tgt_idx)                          # [M·B, Kt, P]
-        queries = self.mask_token + tgt_pos
+        E, _, Kc = ctx_idx.shape
+        table = self.pos_embed[0]                                              # [N, P]
+        x = self.embed(ctx) + F.embedding(ctx_idx, table).view(E * B, Kc, -1)  # [E·B, Kc, P]
+        queries = self.mask_token + F.embedding(tgt_idx, table)                # [M, B, Kt, P]
         if self.shared_context:
             return self._forward_shared(x, queries, M, E, B, Kc, Kt)
-        x = x.repeat(M, 1, 1)                                                  # [M·E·B, Kc, P]
-        queries = queries.view(M, 1, B, Kt, -1).expand(M, E, B, Kt, -1).reshape(M * E * B, Kt, -1)
-        x = torch.cat([x, queries], dim=1)
-        for block in self.blocks:
+        P = x.shape[-1]
+        # one copy into [M, E·B, Kc + Kt, P]: context rows repeated per target mask, queries per context mask
+        x = torch.cat([x.unsqueeze(0).expand(M, E * B, Kc, P),
+                       queries.unsqueeze(1).expand(M, E, B, Kt, P).reshape(M, E * B, Kt, P)], dim=2)
+        x = x.view(M * E * B, Kc + Kt, P)
+        for block in self.blocks[:-1]:
             x = block(x)
-        return self.proj(self.norm(x[:, Kc:]))
+        x = self.blocks[-1](x, queries_from=Kc)  # the context tokens' last outputs are never used
+        return self.proj(self.norm(x))
 
     def _forward_shared(self, x, queries, M, E, B, Kc, Kt):
         """One pass over ``[context ; all M blocks' queries]`` with a block-diagonal mask (opt-in)."""
@@ -160,8 +188,9 @@ class Predictor(nn.Module):
         is_ctx_key = (group == -1).unsqueeze(0)
         mask = is_ctx_key | (group.unsqueeze(1) == group.unsqueeze(0))
         mask[:Kc] = is_ctx_key                                                 # context sees only context
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             x = block(x, mask)
-        out = self.proj(self.norm(x[:, Kc:]))                                  # [E·B, M·Kt, D]
+        x = self.blocks[-1](x, mask, queries_from=Kc)
+        out = self.proj(self.norm(x))                                          # [E·B, M·Kt, D]
         D = out.shape[-1]
         return out.view(E, B, M, Kt, D).permute(2, 0, 1, 3, 4).reshape(M * E * B, Kt, D)

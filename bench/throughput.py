@@ -1,0 +1,426 @@
+"""Training throughput: images/s, time per phase, FLOPs, MFU, ATen ops and peak memory of the real step.
+
+    python bench/throughput.py --config CONFIG [--steps N] [--out FILE] [--section.key value ...]
+    python bench/throughput.py --config CONFIG --reference   # the same step as the reference code computes it
+    python bench/throughput.py --config CONFIG --all         # every {kernels} x {attention} x {compile} here,
+                                                             # plus --reference and the shared-context predictor
+    python bench/throughput.py                               # --all on this device's standard config:
+        configs/bench_fmnist_tiny.yaml on CPU, configs/bench_vitb16_224.yaml on CUDA, written to
+        bench/results/<device>/throughput.{json,md}
+
+One run: ``--warmup`` steps (compilation happens here), ``--steps`` timed steps (data loading
+and mask sampling included, as in training), ``--phase-steps`` steps timed per labelled phase
+(device synchronised at each phase boundary), two profiled steps for the ATen op count.
+images/s is the global batch over the median step time; MFU is FLOPs per step (counted with
+``FlopCounterMode`` on a meta-device copy of the model, per batch: token counts vary) over the
+median step time, against the best of several large matmuls timed in the same run.  Peak memory
+is ``torch.cuda.max_memory_allocated`` on CUDA and the process's peak RSS on CPU.  ``--all`` runs
+each combination in its own process, one after the other, so compare rows of one table only.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+import kernels  # noqa: E402
+import jepa.data  # noqa: E402
+import jepa.models.vit  # noqa: E402
+import jepa.train  # noqa: E402
+from bench import reference_step  # noqa: E402
+from jepa.config import ConfigError, load_config, parse_overrides  # noqa: E402
+from jepa.models import build_model  # noqa: E402
+from jepa.profiling import PhaseTimer, synchronize, top_level_aten_ops  # noqa: E402
+
+CPU_CONFIG = ROOT / "configs" / "bench_fmnist_tiny.yaml"
+GPU_CONFIG = ROOT / "configs" / "bench_vitb16_224.yaml"
+BENCH_OVERRIDES = {"logging.tensorboard": "false", "logging.progress": "false", "eval.every_epochs": "0"}
+OVERHEAD_PHASES = ("data", "masks", "optimizer", "ema")
+PROFILED_STEPS = 2
+
+
+# ------------------------------------------------------------------ measurements
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, reps: int = 8) -> float:
+    """FLOP/s of the best of ``reps`` large square matmuls: the practical peak for ``dtype`` here."""
+    n = 2048 if device.type == "cpu" else 8192
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    for _ in range(2):
+        a @ b
+    best = math.inf
+    for _ in range(reps):
+        synchronize(device)
+        t0 = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
+class FlopCounter:
+    """FLOPs of one step's forward and backward for a batch's shapes, on a meta-device model (no compute)."""
+
+    def __init__(self, cfg, reference: bool):
+        cfg = copy.deepcopy(cfg)
+        cfg.model.attention = "sdpa"  # same math as every backend, and FlopCounterMode counts it
+        self.model = build_model(cfg, "meta")
+        self.reference = reference
+        self.cache: dict = {}
+
+    def __call__(self, batch) -> int:
+        key = (tuple(batch.images.shape), tuple(batch.ctx_idx.shape), tuple(batch.tgt_idx.shape), batch.block_hw)
+        if key not in self.cache:
+            meta = jepa.data.Batch(torch.empty(batch.images.shape, device="meta"), batch.labels.to("meta"),
+                                   batch.ctx_idx.to("meta"), batch.tgt_idx.to("meta"), batch.block_hw)
+            with FlopCounterMode(display=False) as counter:
+                if self.reference:
+                    out = reference_step.forward_loss(self.model, meta)
+                else:
+                    with torch.no_grad():
+                        self.model.target_encoder(meta.images)
+                    _, preds = self.model(meta.images, meta.ctx_idx, meta.tgt_idx, meta.block_hw)
+                    out = sum(p.float().sum() for p in preds)  # the loss is elementwise: no FLOPs counted
+                out.backward()
+            self.model.zero_grad(set_to_none=True)
+            self.cache[key] = counter.get_total_flops()
+        return self.cache[key]
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, "process peak RSS"
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+# ------------------------------------------------------------------ one configuration
+
+
+def build_trainer(cfg, needed_steps: int, run_dir: Path, reference: bool):
+    if reference:
+        os.environ["JEPA_TUNE_MALLOC"] = "0"  # the reference code runs with the default allocator
+    trainer = jepa.train.Trainer(cfg, run_dir=run_dir)
+    if trainer.total_steps < needed_steps:
+        raise SystemExit(f"error: {cfg.name} has {trainer.total_steps} training steps but the benchmark needs "
+                         f"{needed_steps}; lower --steps or raise training.epochs")
+    return trainer
+
+
+def run_one(cfg, args) -> dict:
+    """Measure one configuration in this process; returns the JSON record."""
+    needed = args.warmup + args.steps + args.phase_steps + PROFILED_STEPS
+    with tempfile.TemporaryDirectory(prefix="jepa-bench-") as tmp:
+        trainer = build_trainer(cfg, needed, Path(tmp), args.reference)
+        return measure(trainer, cfg, args)
+
+
+def measure(trainer, cfg, args) -> dict:
+    device = trainer.device
+    step_fn = reference_step.ReferenceStep(trainer).train_step if args.reference else trainer.train_step
+    stream = trainer.micro_batches()
+
+    def next_group():
+        group = next(stream)
+        while group is None:  # epoch boundary
+            group = next(stream)
+        return group
+
+    peaks = [matmul_peak(device, trainer.amp_dtype)]
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        step_fn(next_group())
+    synchronize(device)
+    warmup_s = time.perf_counter() - t0
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    counter = FlopCounter(cfg, args.reference)
+    times, cpu_times, flops, tokens = [], [], [], []
+    for _ in range(args.steps):
+        synchronize(device)
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        group = next_group()
+        step_fn(group)
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+        cpu_times.append(cpu_seconds() - c0)
+        flops.append(sum(counter(b) for b in group))
+        tokens.append((group[0].ctx_idx.shape[-1], group[0].tgt_idx.shape[-1]))
+    mem, mem_source = peak_memory(device)
+
+    timer = PhaseTimer(device)
+    modules = [jepa.train, jepa.data, reference_step]
+    if not cfg.training.compile:
+        modules.append(jepa.models.vit)  # the predictor range; inside a compiled graph it must not run Python
+    phase_times = []
+    with timer.patch(*modules):
+        for _ in range(args.phase_steps):
+            synchronize(device)
+            t0 = time.perf_counter()
+            step_fn(next_group())
+            synchronize(device)
+            phase_times.append(time.perf_counter() - t0)
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(PROFILED_STEPS):
+            step_fn(next_group())
+        synchronize(device)
+    aten_ops = top_level_aten_ops(prof.events()) / PROFILED_STEPS
+    peaks.append(matmul_peak(device, trainer.amp_dtype))
+
+    batch = cfg.data.batch_size * cfg.training.accum_steps * trainer.dist.world_size
+    median = statistics.median(times)
+    phase_step = statistics.fmean(phase_times) if phase_times else float("nan")
+    phases = {name: {"ms": 1e3 * s / len(phase_times), "fraction": s / len(phase_times) / phase_step}
+              for name, s in timer.totals.items()}
+    other = phase_step - sum(timer.totals.values()) / max(1, len(phase_times))
+    phases["other"] = {"ms": 1e3 * other, "fraction": other / phase_step}
+    peak = max(peaks)
+    flops_per_step = statistics.fmean(flops)
+    return {
+        "label": label_of(cfg, args.reference),
+        "config": cfg.name,
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "settings": {"kernels": kernels.backend(), "attention": attention_backend(trainer),
+                     "compile": cfg.training.compile, "precision": str(trainer.amp_dtype).replace("torch.", ""),
+                     "predictor_shared_context": cfg.model.predictor_shared_context, "reference": args.reference},
+        "batch_size": batch,
+        "steps": args.steps,
+        "images_per_s": batch / median,
+        "step_s_median": median,
+        "step_s_min": min(times),
+        "cpu_s_per_step": statistics.median(cpu_times),
+        "warmup_s": warmup_s,
+        "flops_per_step": flops_per_step,
+        "peak_flops_per_s": peak,
+        "peak_flops_per_s_each": peaks,
+        "mfu": flops_per_step / median / peak,
+        "aten_ops_per_step": aten_ops,
+        "peak_mem_bytes": mem,
+        "peak_mem_source": mem_source,
+        "phases": phases,
+        "data_masks_optimizer_ema_fraction": sum(phases.get(p, {"fraction": 0.0})["fraction"]
+                                                 for p in OVERHEAD_PHASES),
+        "context_tokens_mean": statistics.fmean(t[0] for t in tokens),
+        "target_tokens_mean": statistics.fmean(t[1] for t in tokens),
+    }
+
+
+def attention_backend(trainer) -> str:
+    for m in trainer.model.modules():
+        if isinstance(m, jepa.models.vit.Attention):
+            return m.backend
+    return "?"
+
+
+def label_of(cfg, reference: bool) -> str:
+    if reference:
+        return "reference"
+    label = f"kernels={cfg.training.kernels} attention={cfg.model.attention} compile={cfg.training.compile}"
+    return label + (" shared-context" if cfg.model.predictor_shared_context else "")
+
+
+# ------------------------------------------------------------------ every combination
+
+
+def combinations(device: torch.device, compile_modes: list[str]) -> list[tuple[str, dict, bool]]:
+    """(label, overrides, reference) for every switch setting that can run on ``device``."""
+    kernel_choices = ["torch"] + (["triton"] if device.type == "cuda" and kernels.HAS_TRITON else [])
+    attention_choices = ["sdpa", "math"]
+    if device.type == "cuda":
+        from jepa.models.attention import xformers_available
+        if xformers_available():
+            attention_choices.insert(0, "xformers")
+    rows = [("reference", {}, True)]
+    for k in kernel_choices:
+        for a in attention_choices:
+            for c in compile_modes:
+                rows.append((f"kernels={k} attention={a} compile={c}",
+                             {"training.kernels": k, "model.attention": a, "training.compile": c}, False))
+    rows.append(("shared-context predictor", {"model.predictor_shared_context": "true"}, False))
+    return rows
+
+
+def run_all(args, overrides: dict, device: torch.device) -> list[dict]:
+    rows = []
+    for label, extra, reference in combinations(device, args.compile_modes.split(",")):
+        with tempfile.TemporaryDirectory(prefix="jepa-bench-") as tmp:
+            out = Path(tmp) / "row.json"
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--config", str(args.config),
+                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--phase-steps", str(args.phase_steps),
+                   "--out", str(out), "--quiet"]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            if reference:
+                cmd.append("--reference")
+            for k, v in {**overrides, **extra}.items():
+                cmd += [f"--{k}", str(v)]
+            print(f"[{len(rows) + 1}] {label} ...", flush=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode == 0 and out.is_file():
+                rows.append(json.loads(out.read_text()))
+            else:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+                print(f"    failed (exit {proc.returncode}): {' | '.join(tail)}", flush=True)
+                rows.append({"label": label, "error": " | ".join(tail)})
+    return rows
+
+
+# ------------------------------------------------------------------ reporting
+
+
+def table(rows: list[dict]) -> str:
+    ref = next((r for r in rows if r.get("label") == "reference" and "error" not in r), None)
+    lines = ["| setting | images/s | vs reference | step ms | MFU | GFLOP/step | ATen ops/step | peak mem MiB "
+             "| data+masks+opt+EMA |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['label']} | failed: {r['error'][:80]} |  |  |  |  |  |  |  |")
+            continue
+        speed = f"{r['images_per_s'] / ref['images_per_s']:.2f}x" if ref else "-"
+        lines.append(f"| {r['label']} | {r['images_per_s']:.0f} | {speed} | {1e3 * r['step_s_median']:.0f} "
+                     f"| {100 * r['mfu']:.0f} % | {r['flops_per_step'] / 1e9:.1f} | {r['aten_ops_per_step']:.0f} "
+                     f"| {r['peak_mem_bytes'] / 2 ** 20:.0f} | {100 * r['data_masks_optimizer_ema_fraction']:.1f} % |")
+    return "\n".join(lines)
+
+
+def describe(r: dict) -> str:
+    lines = [f"{r['label']} on {r['device']} (torch {r['torch']}), {r['config']}, batch {r['batch_size']}, "
+             f"{r['settings']['precision']}, attention {r['settings']['attention']}, kernels {r['settings']['kernels']}",
+             f"  images/s {r['images_per_s']:.1f}   step {1e3 * r['step_s_median']:.1f} ms (min "
+             f"{1e3 * r['step_s_min']:.1f}, CPU time {1e3 * r['cpu_s_per_step']:.0f} ms)   warm-up {r['warmup_s']:.1f} s",
+             f"  {r['flops_per_step'] / 1e9:.2f} GFLOP/step (context {r['context_tokens_mean']:.1f}, target "
+             f"{r['target_tokens_mean']:.1f} tokens)   peak {r['peak_flops_per_s'] / 1e9:.0f} GFLOP/s   "
+             f"MFU {100 * r['mfu']:.1f} %",
+             f"  {r['aten_ops_per_step']:.0f} ATen ops/step   peak memory {r['peak_mem_bytes'] / 2 ** 20:.0f} MiB "
+             f"({r['peak_mem_source']})",
+             "  phase              ms   share"]
+    for name, p in r["phases"].items():
+        lines.append(f"  {name:<16} {p['ms']:7.1f}  {100 * p['fraction']:5.1f} %")
+    lines.append(f"  data+masks+optimizer+ema: {100 * r['data_masks_optimizer_ema_fraction']:.1f} % of the step")
+    return "\n".join(lines)
+
+
+def results_dir(device: torch.device) -> Path:
+    name = device_name(device).split(",")[0] if device.type == "cpu" else torch.cuda.get_device_name(device)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
+    return ROOT / "bench" / "results" / (slug if device.type == "cuda" else f"cpu-{slug}")
+
+
+def write(path: Path, text: str):
+    """Write ``text`` atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------ command line
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="python bench/throughput.py", description=__doc__.splitlines()[0],
+                                epilog="Any config key can be overridden as --section.key value.")
+    p.add_argument("--config", help="YAML config (default: the device's standard benchmark config, with --all)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first, compilation included (default 3)")
+    p.add_argument("--phase-steps", type=int, default=5, help="steps timed per phase (default 5)")
+    p.add_argument("--out", help="write the JSON record (or, with --all, every row and the table) here")
+    p.add_argument("--reference", action="store_true", help="time the step as the reference I-JEPA code runs it")
+    p.add_argument("--all", action="store_true", help="every kernels x attention x compile setting available here")
+    p.add_argument("--compile-modes", default="false,true", help="training.compile values for --all")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
+    p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+    args, rest = p.parse_known_args(argv)
+    try:
+        overrides = parse_overrides(rest)
+    except ConfigError as e:
+        p.error(str(e))
+    if args.steps < 1 or args.warmup < 0 or args.phase_steps < 0:
+        p.error("--steps must be >= 1, --warmup and --phase-steps >= 0")
+    return args, overrides
+
+
+def main(argv=None) -> int:
+    args, overrides = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    default_suite = args.config is None
+    if default_suite:
+        args.config = str(GPU_CONFIG if torch.cuda.is_available() else CPU_CONFIG)
+        args.all = True
+    try:
+        cfg = load_config(args.config, {**BENCH_OVERRIDES, **overrides})
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    device = jepa.train.pick_device(cfg.training.device)
+    if args.all:
+        if args.reference:
+            print("error: --reference and --all do not combine (--all includes a reference row)", file=sys.stderr)
+            return 2
+        rows = run_all(args, overrides, device)
+        text = table(rows)
+        print(f"\n{cfg.name} on {device_name(device)}, torch {torch.__version__}\n\n{text}")
+        out = Path(args.out) if args.out else (results_dir(device) / "throughput.json" if default_suite else None)
+        if out is not None:
+            write(out, json.dumps({"config": cfg.name, "device": device_name(device), "rows": rows, "table": text},
+                                  indent=1))
+            write(out.with_suffix(".md"), f"### {cfg.name} on {device_name(device)}, torch {torch.__version__}\n\n"
+                  f"{text}\n")
+            print(f"\nwritten: {out} and {out.with_suffix('.md')}")
+        return 0 if all("error" not in r for r in rows) else 1
+    try:
+        record = run_one(cfg, args)
+    except ValueError as e:  # e.g. --reference with a setting the reference code does not have
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(describe(record))
+    if args.out:
+        write(Path(args.out), json.dumps(record, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

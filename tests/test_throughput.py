@@ -1,0 +1,113 @@
+"""bench/throughput.py and its --reference step: same math as the trainer, complete JSON, exact FLOP counting."""
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import reference_step, throughput  # noqa: E402
+from jepa.config import load_config  # noqa: E402
+from jepa.train import Trainer  # noqa: E402
+
+SMALL = {"model.embed_dim": "32", "model.depth": "2", "model.num_heads": "2", "model.pred_dim": "16",
+         "model.pred_depth": "2", "model.pred_heads": "2", "masks.min_keep": "4", "data.batch_size": "16",
+         "data.subset": "256", "training.epochs": "1", "training.device": "cpu", "logging.progress": "false",
+         "logging.tensorboard": "false", "optim.warmup_epochs": "0.5", "optim.lr": "1e-2"}
+
+
+def small_cfg(**over):
+    return load_config(None, {**SMALL, **over})
+
+
+@pytest.mark.parametrize("over", [{}, {"masks.nenc": "2", "loss.type": "smooth_l1"}], ids=["mse", "2ctx-smoothl1"])
+def test_reference_step_is_the_same_math_as_the_trainer(tmp_path, over):
+    cfg = small_cfg(**{"training.precision": "fp32", **over})
+    ours = Trainer(cfg, run_dir=tmp_path / "a")
+    theirs = Trainer(cfg, run_dir=tmp_path / "b")
+    theirs.model.load_state_dict(ours.model.state_dict())
+    ref = reference_step.ReferenceStep(theirs)
+    stream = ours.micro_batches()
+    for _ in range(3):
+        batch = next(stream)
+        loss = ours.train_step(batch)["loss"]
+        loss_ref = ref.train_step(batch)
+        torch.testing.assert_close(loss_ref, loss, rtol=1e-5, atol=1e-7)
+    before = dict(Trainer(cfg, run_dir=tmp_path / "c").model.named_parameters())
+    for (name, p), q in zip(ours.model.named_parameters(), theirs.model.parameters()):
+        assert not torch.equal(p, before[name]) or "target_encoder" in name and p.numel() < 2, name
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+def test_reference_refuses_what_it_has_no_equivalent_for(tmp_path):
+    trainer = Trainer(small_cfg(**{"model.num_hierarchies": "2", "model.predictor_shared_context": "true"}),
+                      run_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"model.num_hierarchies=2 .*predictor_shared_context=true"):
+        reference_step.ReferenceStep(trainer)
+
+
+def test_reference_helpers_keep_mask_major_order():
+    x = torch.arange(2 * 5 * 3, dtype=torch.float32).view(2, 5, 3)
+    masks = [torch.tensor([[0, 4], [1, 2]]), torch.tensor([[3, 3], [0, 1]])]
+    out = reference_step.apply_masks(x, masks)
+    assert torch.equal(out[0], x[0, [0, 4]]) and torch.equal(out[3], x[1, [0, 1]])
+    rep = reference_step.repeat_interleave_batch(out, 2, repeat=2)  # (mask, copy, image)
+    assert torch.equal(rep[:2], out[:2]) and torch.equal(rep[2:4], out[:2]) and torch.equal(rep[4:6], out[2:])
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_meta_flop_count_equals_a_real_step(tmp_path, reference):
+    """Counted on meta tensors = counted on a real step with explicit attention (FlopCounterMode has no
+    formula for CPU's fused SDPA kernel, so a real CPU count with SDPA would leave attention out)."""
+    cfg = small_cfg(**{"model.attention": "math"})
+    trainer = Trainer(cfg, run_dir=tmp_path)
+    batch = next(trainer.micro_batches())[0]
+    counted = throughput.FlopCounter(cfg, reference)(batch)
+    model = copy.deepcopy(trainer.model)
+    with FlopCounterMode(display=False) as real:
+        if reference:
+            out = reference_step.forward_loss(model, batch)
+        else:
+            with torch.no_grad():
+                model.target_encoder(batch.images)
+            _, preds = model(batch.images, batch.ctx_idx, batch.tgt_idx, batch.block_hw)
+            out = preds[0].sum()
+        out.backward()
+    assert counted == real.get_total_flops() > 0
+
+
+def test_benchmark_writes_the_json_keys(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    config = tmp_path / "small.yaml"
+    config.write_text("model: {embed_dim: 32, depth: 2, num_heads: 2}\n")
+    args = ["--config", str(config), "--steps", "3", "--warmup", "1", "--phase-steps", "2", "--out", str(out)]
+    args += [a for k, v in SMALL.items() for a in (f"--{k}", v)]
+    assert throughput.main(args) == 0
+    record = json.loads(out.read_text())
+    for key in ("images_per_s", "mfu", "flops_per_step", "aten_ops_per_step", "peak_mem_bytes", "phases"):
+        assert key in record, key
+    assert record["images_per_s"] > 0 and 0 < record["mfu"] < 1.5 and record["aten_ops_per_step"] > 100
+    assert record["peak_mem_bytes"] > 2 ** 20 and record["flops_per_step"] > 1e6
+    labels = {"data", "masks", "target_forward", "context_forward", "predictor", "loss", "backward", "optimizer",
+              "ema", "other"}
+    assert set(record["phases"]) == labels
+    assert sum(p["fraction"] for p in record["phases"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert "images/s" in capsys.readouterr().out
+
+
+def test_reference_flag_and_table():
+    rows = [{"label": "reference", "images_per_s": 100.0, "step_s_median": 1.0, "mfu": 0.5, "flops_per_step": 2e9,
+             "aten_ops_per_step": 10, "peak_mem_bytes": 2 ** 20, "data_masks_optimizer_ema_fraction": 0.1},
+            {"label": "fast", "images_per_s": 150.0, "step_s_median": 0.5, "mfu": 0.75, "flops_per_step": 2e9,
+             "aten_ops_per_step": 5, "peak_mem_bytes": 2 ** 20, "data_masks_optimizer_ema_fraction": 0.05},
+            {"label": "broken", "error": "boom"}]
+    text = throughput.table(rows)
+    assert "| fast | 150 | 1.50x | 500 | 75 % |" in text and "| broken | failed: boom" in text
+
+
+def test_bad_override_is_a_clear_error(capsys):
+    assert throughput.main(["--config", "configs/bench_fmnist_tiny.yaml", "--model.depht", "3"]) == 2
+    assert "unknown config key 'model.depht'; did you mean 'depth'?" in capsys.readouterr().err
