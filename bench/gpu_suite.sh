@@ -28,7 +28,7 @@ status=0
 } | tee "$OUT/env.txt"
 
 echo "== tests/kernels (compiled Triton) =="
-JEPA_REAL_TRITON=1 "$PY" -m pytest tests/kernels -q -rs 2>&1 | tee "$OUT/tests.txt"
+JEPA_REAL_TRITON=1 "$PY" -m pytest tests/kernels tests/test_attention.py -q -rs 2>&1 | tee "$OUT/tests.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 echo "== kernel benchmarks =="

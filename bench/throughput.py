@@ -325,10 +325,12 @@ def table(rows: list[dict]) -> str:
 
 
 def describe(r: dict) -> str:
+    s = r["settings"]
     lines = [f"{r['label']} on {r['device']} (torch {r['torch']}), {r['config']}, batch {r['batch_size']}, "
-             f"{r['settings']['precision']}, attention {r['settings']['attention']}, kernels {r['settings']['kernels']}",
+             f"{s['precision']}, attention {s['attention']}, kernels {s['kernels']}",
              f"  images/s {r['images_per_s']:.1f}   step {1e3 * r['step_s_median']:.1f} ms (min "
-             f"{1e3 * r['step_s_min']:.1f}, CPU time {1e3 * r['cpu_s_per_step']:.0f} ms)   warm-up {r['warmup_s']:.1f} s",
+             f"{1e3 * r['step_s_min']:.1f}, CPU time {1e3 * r['cpu_s_per_step']:.0f} ms)   "
+             f"warm-up {r['warmup_s']:.1f} s",
              f"  {r['flops_per_step'] / 1e9:.2f} GFLOP/step (context {r['context_tokens_mean']:.1f}, target "
              f"{r['target_tokens_mean']:.1f} tokens)   peak {r['peak_flops_per_s'] / 1e9:.0f} GFLOP/s   "
              f"MFU {100 * r['mfu']:.1f} %",

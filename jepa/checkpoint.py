@@ -40,7 +40,7 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def _fsync_dir(folder: Path):
+def fsync_dir(folder: Path):
     """Make a rename in ``folder`` durable (no-op where directories cannot be opened)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -74,7 +74,7 @@ def atomic_write(path: str | Path, write) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -103,7 +103,7 @@ def atomic_link(src: str | Path, dst: str | Path) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(dst.parent)
+    fsync_dir(dst.parent)
     return dst
 
 

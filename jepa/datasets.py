@@ -35,6 +35,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from jepa.checkpoint import fsync_dir
+
 __all__ = [
     "DATASETS",
     "DatasetNotFoundError",
@@ -440,7 +442,7 @@ def download(name: str, root: str | os.PathLike, base_url: str | None = None, *,
                                     + "\n  ".join(errors))
         for tmp, final in staged:
             os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
@@ -986,16 +988,3 @@ def _atomic_write(target: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

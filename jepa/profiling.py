@@ -32,7 +32,7 @@ _allocator_tuned: bool | None = None
 
 def trace_profiler(out_dir: str | Path, wait: int, warmup: int, active: int, device: torch.device,
                    worker_name: str = "rank0") -> torch.profiler.profile:
-    """A profiler (``.start()``/``.stop()`` or ``with``) writing one TensorBoard trace of ``active`` steps to ``out_dir``.
+    """A profiler (``.start()``/``.stop()`` or ``with``) writing one TensorBoard trace of ``active`` steps.
 
     Call ``.step()`` after every training step; open with ``tensorboard --logdir out_dir``
     (needs the torch-tb-profiler plugin) or load the ``.pt.trace.json`` in Perfetto / chrome://tracing.
@@ -123,7 +123,7 @@ def tune_cpu_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 <
     """Keep freed activation buffers in the glibc heap instead of returning them to the OS.
 
     By default glibc serves large blocks with mmap and trims the heap after a free, so every
-    step page-faults its activations in again (~45k faults and ~6 % of a CPU step on
+    step page-faults its activations in again (~45k faults, 5-8 % of the CPU time of a step on
     ``configs/bench_fmnist_tiny.yaml``).  Fixing the thresholds (32 MiB is glibc's maximum
     mmap threshold) reuses the memory instead; RSS then stays at the step's peak.  Linux/glibc
     only, once per process; ``JEPA_TUNE_MALLOC=0`` turns it off.  Returns whether it applied.

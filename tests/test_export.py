@@ -14,13 +14,7 @@ SMALL = {"model.embed_dim": "32", "model.depth": "2", "model.num_heads": "2", "m
          "logging.tensorboard": "false", "training.device": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the cores are shared with other test runs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ def test_reference_step_is_the_same_math_as_the_trainer(tmp_path, over):
         torch.testing.assert_close(loss_ref, loss, rtol=1e-5, atol=1e-7)
     before = dict(Trainer(cfg, run_dir=tmp_path / "c").model.named_parameters())
     for (name, p), q in zip(ours.model.named_parameters(), theirs.model.parameters()):
-        assert not torch.equal(p, before[name]) or "target_encoder" in name and p.numel() < 2, name
+        assert not torch.equal(p, before[name]), f"{name} never changed: the comparison would be vacuous"
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
 
 
