@@ -24,6 +24,7 @@ class Progress:
         self.t0 = time.time()
         self.last_print = 0.0
         self.postfix = ""
+        self.printed_end = False
 
     def set_postfix(self, **values):
         parts = []
@@ -57,12 +58,20 @@ class Progress:
                 self.stream.write("\r" + self.line() + "\033[K")
                 self.stream.flush()
                 self.last_print = now
-        elif force and now - self.last_print >= self.every_s or self.n == self.total:
-            self.stream.write(self.line() + "\n")
-            self.stream.flush()
-            self.last_print = now
+        elif force and not self.printed_end and (now - self.last_print >= self.every_s or self.n == self.total):
+            self._print_line(now)
+
+    def _print_line(self, now: float):
+        self.printed_end = self.n == self.total
+        self.stream.write(self.line() + "\n")
+        self.stream.flush()
+        self.last_print = now
 
     def close(self):
-        if self.enabled and self.tty:
+        if not self.enabled:
+            return
+        if self.tty:
             self.stream.write("\n")
             self.stream.flush()
+        elif not self.printed_end and self.n > self.start_n:
+            self._print_line(time.time())

@@ -159,3 +159,17 @@ def test_triton_and_torch_kernels_give_the_same_loss_curve(tmp_path, restore_ker
         curves[backend] = torch.tensor(losses)
     assert len(curves["torch"]) == 20
     torch.testing.assert_close(curves["triton"], curves["torch"], rtol=1e-4, atol=1e-5)
+
+
+def test_progress_line_in_a_log_file_shows_eta_and_prints_the_end_once():
+    import io
+
+    from jepa.progress import Progress
+    out = io.StringIO()
+    bar = Progress(10, stream=out, every_s=0.0)
+    for n in range(1, 11):
+        bar.update(n)
+        bar.set_postfix(loss=0.5, ips=100.0)
+    lines = out.getvalue().splitlines()
+    assert lines[-1].startswith("step 10/10") and "loss 0.5" in lines[-1] and "<" in lines[-1]
+    assert sum(line.startswith("step 10/10") for line in lines) == 1
