@@ -37,6 +37,16 @@ def _stats_tensor(values: Sequence[float], what: str) -> torch.Tensor:
     return t
 
 
+def _mean_std(mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel normalisation statistics, checked: same length, finite, std > 0."""
+    m, s = _stats_tensor(mean, "mean"), _stats_tensor(std, "std")
+    if m.numel() != s.numel():
+        raise ValueError(f"mean has {m.numel()} values but std has {s.numel()}")
+    if (s <= 0).any():
+        raise ValueError(f"std must be > 0, got {list(std)}")
+    return m, s
+
+
 def _check_images(images: torch.Tensor, n_stats: int) -> None:
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
         got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
@@ -88,12 +98,7 @@ class BatchAugment:
         if not 0 < r_lo <= r_hi:
             raise ValueError(f"crop_ratio must satisfy 0 < low <= high, got {tuple(crop_ratio)}")
         self.image_size = image_size
-        self.mean = _stats_tensor(mean, "mean")
-        self.std = _stats_tensor(std, "std")
-        if self.mean.numel() != self.std.numel():
-            raise ValueError(f"mean has {self.mean.numel()} values but std has {self.std.numel()}")
-        if (self.std <= 0).any():
-            raise ValueError(f"std must be > 0, got {list(std)}")
+        self.mean, self.std = _mean_std(mean, std)
         self.crop_scale = (lo, hi)
         self.crop_ratio = (r_lo, r_hi)
         self.hflip = bool(hflip)
@@ -197,12 +202,7 @@ class EvalTransform:
         if not isinstance(image_size, int) or image_size < 1:
             raise ValueError(f"image_size must be a positive int, got {image_size!r}")
         self.image_size = image_size
-        self.mean = _stats_tensor(mean, "mean")
-        self.std = _stats_tensor(std, "std")
-        if self.mean.numel() != self.std.numel():
-            raise ValueError(f"mean has {self.mean.numel()} values but std has {self.std.numel()}")
-        if (self.std <= 0).any():
-            raise ValueError(f"std must be > 0, got {list(std)}")
+        self.mean, self.std = _mean_std(mean, std)
 
     def __repr__(self) -> str:
         return f"EvalTransform(image_size={self.image_size})"
