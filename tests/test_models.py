@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 
-import kernels
 from jepa.config import load_config
 from jepa.models import build_model
 from jepa.models.pos_embed import sincos_2d

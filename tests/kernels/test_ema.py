@@ -9,16 +9,8 @@ import pytest
 import torch
 
 import kernels
-from kernels import dispatch
 
-GPU = torch.cuda.is_available() and not dispatch.interpreting()
-DEVICE = "cuda" if GPU else "cpu"
-BACKENDS = [
-    pytest.param("triton", marks=pytest.mark.skipif(
-        not kernels.HAS_TRITON or not (GPU or dispatch.interpreting()),
-        reason="triton not installed, or compiled Triton without a GPU")),
-    "torch",
-]
+from kernel_backends import BACKENDS, DEVICE, GPU
 # sizes: tiny, odd, a full 8K-element chunk plus a tail, multi-dim weights
 SHAPES = [(1,), (3,), (61,), (200, 192), (8193,), (3, 61, 7)]
 TOL = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float64: 1e-12}

@@ -9,14 +9,7 @@ import torch
 import kernels
 from kernels import dispatch
 
-GPU = torch.cuda.is_available() and not dispatch.interpreting()
-DEVICE = "cuda" if GPU else "cpu"
-BACKENDS = [
-    pytest.param("triton", marks=pytest.mark.skipif(
-        not kernels.HAS_TRITON or not (GPU or dispatch.interpreting()),
-        reason="triton not installed, or compiled Triton without a GPU")),
-    "torch",
-]
+from kernel_backends import BACKENDS, DEVICE, GPU
 # (B, N, D, M, K): odd D, K=1, B=1, M=1 and 4
 SHAPES = [(1, 5, 3, 1, 1), (2, 7, 61, 4, 3), (3, 16, 192, 4, 5), (2, 9, 200, 1, 4), (1, 6, 200, 4, 1)]
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
