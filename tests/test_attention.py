@@ -145,3 +145,33 @@ def test_block_queries_from_is_the_tail_of_the_full_block(masked):
     torch.testing.assert_close(gx, gx_full, **TOL[torch.float64])
     gw = torch.autograd.grad(block(x, mask, queries_from=10).square().sum(), block.attn.qkv.weight)[0]
     torch.testing.assert_close(gw, gw_full, **TOL[torch.float64])
+
+
+def _flash_calls(q, backend):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        attention(q, q, q, backend).float().sum().backward()
+    return sum(1 for e in prof.events() if "flash_attention" in e.name)
+
+
+@pytest.mark.parametrize("dtype,keys,fused", [(torch.bfloat16, 49, False), (torch.float16, 128, False),
+                                              (torch.bfloat16, 200, True), (torch.float32, 49, True)])
+def test_cpu_sdpa_uses_its_math_kernel_for_short_low_precision_attention(dtype, keys, fused):
+    """SDPA's fused CPU kernel is several times slower in bf16/fp16 backward at short sequences (docs/performance.md),
+    so there SDPA runs its math kernel; fp32 and long sequences keep the fused one."""
+    q = torch.randn(2, 3, keys, 32).to(dtype).requires_grad_(True)
+    assert dtype == torch.float32 or (keys <= att.CPU_LOW_PRECISION_MATH_MAX_KEYS) != fused
+    assert (_flash_calls(q, "sdpa") > 0) == fused
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mask_kind", [None, "bool"])
+def test_cpu_low_precision_sdpa_is_as_accurate_as_fp32_scores(dtype, mask_kind):
+    """Forward and backward against float64 math: the math kernel upcasts, so the error is the inputs' rounding."""
+    g = torch.Generator().manual_seed(1)
+    q, k, v, grad_out = (torch.randn(3, 3, 26, 32, generator=g).to(dtype) for _ in range(4))
+    mask = block_mask(10, 4, 4) if mask_kind else None
+    got = run("sdpa", q, k, v, mask, grad_out)
+    ref = run("math", *(t.double() for t in (q, k, v)), mask, grad_out.double())
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, ref):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.double(), b, atol=3e-2, rtol=3e-2, msg=lambda m: f"{name}: {m}")

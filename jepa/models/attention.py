@@ -3,7 +3,9 @@
 ``math`` is the explicit reference softmax(QKᵀ/√d)V, ``sdpa`` is PyTorch's fused
 kernel, ``xformers`` is xformers' memory-efficient attention (CUDA only).  ``auto``
 resolves to xformers on CUDA when it imports (per call: only for a dtype and head
-size its op supports, else SDPA), and to SDPA everywhere else.
+size its op supports, else SDPA), and to SDPA everywhere else.  On CPU, SDPA runs its
+math kernel for bf16/fp16 at up to ``CPU_LOW_PRECISION_MATH_MAX_KEYS`` keys: there the
+fused CPU kernel's backward is several times slower (measured in docs/performance.md).
 """
 from __future__ import annotations
 
@@ -12,11 +14,15 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 log = logging.getLogger("jepa")
 BACKENDS = ("auto", "xformers", "sdpa", "math")
 AUTO_XFORMERS = "auto-xformers"  # what ``auto`` resolves to on CUDA with xformers: xformers where it can run
 _announced: set[str] = set()
+# On CPU, SDPA's fused kernel is 1.4-6x slower than SDPA's own math kernel (forward + backward) for bf16/fp16
+# inputs up to this many keys; the crossover measured on AVX-512 CPUs is between 160 and 197 (docs/performance.md).
+CPU_LOW_PRECISION_MATH_MAX_KEYS = 128
 _xformers_support: dict = {}
 
 
@@ -99,6 +105,10 @@ def attention(q, k, v, backend: str = "sdpa", attn_mask=None):
     if backend == AUTO_XFORMERS:
         backend = "xformers" if q.is_cuda and xformers_supports(q.shape[-1], q.dtype, q.device) else "sdpa"
     if backend == "sdpa":
+        if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) \
+                and k.shape[-2] <= CPU_LOW_PRECISION_MATH_MAX_KEYS:
+            with sdpa_kernel(SDPBackend.MATH):
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
     if backend == "math":
         return math_attention(q, k, v, attn_mask)
