@@ -4,6 +4,7 @@
     python bench/throughput.py --config CONFIG --reference   # the same step as the reference code computes it
     python bench/throughput.py --config CONFIG --all         # every {kernels} x {attention} x {compile} here,
                                                              # plus --reference and the shared-context predictor
+    python bench/throughput.py --config CONFIG --all --precisions fp32,bf16   # ... at each precision
     python bench/throughput.py                               # --all on this device's standard config:
         configs/bench_fmnist_tiny.yaml on CPU, configs/bench_vitb16_224.yaml on CUDA, written to
         bench/results/<device>/throughput.{json,md}
@@ -262,27 +263,33 @@ def label_of(cfg, reference: bool) -> str:
 # ------------------------------------------------------------------ every combination
 
 
-def combinations(device: torch.device, compile_modes: list[str]) -> list[tuple[str, dict, bool]]:
-    """(label, overrides, reference) for every switch setting that can run on ``device``."""
+def combinations(device: torch.device, compile_modes: list[str],
+                 precisions: list[str] | None = None) -> list[tuple[str, dict, bool]]:
+    """(label, overrides, reference) for every switch setting that can run on ``device``, per precision."""
     kernel_choices = ["torch"] + (["triton"] if device.type == "cuda" and kernels.HAS_TRITON else [])
     attention_choices = ["sdpa", "math"]
     if device.type == "cuda":
         from jepa.models.attention import xformers_available
         if xformers_available():
             attention_choices.insert(0, "xformers")
-    rows = [("reference", {}, True)]
-    for k in kernel_choices:
-        for a in attention_choices:
-            for c in compile_modes:
-                rows.append((f"kernels={k} attention={a} compile={c}",
-                             {"training.kernels": k, "model.attention": a, "training.compile": c}, False))
-    rows.append(("shared-context predictor", {"model.predictor_shared_context": "true"}, False))
+    rows = []
+    for p in precisions or [None]:
+        extra = {"training.precision": p} if p else {}
+        tag = f" {p}" if p and len(precisions) > 1 else ""
+        rows.append(("reference" + tag, dict(extra), True))
+        for k in kernel_choices:
+            for a in attention_choices:
+                for c in compile_modes:
+                    rows.append((f"kernels={k} attention={a} compile={c}{tag}",
+                                 {"training.kernels": k, "model.attention": a, "training.compile": c, **extra}, False))
+        rows.append(("shared-context predictor" + tag, {"model.predictor_shared_context": "true", **extra}, False))
     return rows
 
 
 def run_all(args, overrides: dict, device: torch.device) -> list[dict]:
     rows = []
-    for label, extra, reference in combinations(device, args.compile_modes.split(",")):
+    precisions = args.precisions.split(",") if args.precisions else None
+    for label, extra, reference in combinations(device, args.compile_modes.split(","), precisions):
         with tempfile.TemporaryDirectory(prefix="jepa-bench-") as tmp:
             out = Path(tmp) / "row.json"
             cmd = [sys.executable, str(Path(__file__).resolve()), "--config", str(args.config),
@@ -297,7 +304,7 @@ def run_all(args, overrides: dict, device: torch.device) -> list[dict]:
             print(f"[{len(rows) + 1}] {label} ...", flush=True)
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode == 0 and out.is_file():
-                rows.append(json.loads(out.read_text()))
+                rows.append({**json.loads(out.read_text()), "label": label})
             else:
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
                 print(f"    failed (exit {proc.returncode}): {' | '.join(tail)}", flush=True)
@@ -308,8 +315,14 @@ def run_all(args, overrides: dict, device: torch.device) -> list[dict]:
 # ------------------------------------------------------------------ reporting
 
 
+def precision_of(r: dict) -> str | None:
+    return r.get("settings", {}).get("precision")
+
+
 def table(rows: list[dict]) -> str:
-    ref = next((r for r in rows if r.get("label") == "reference" and "error" not in r), None)
+    """Markdown table of ``rows``; "vs reference" is against the reference row of the same precision."""
+    refs = {precision_of(r): r for r in rows
+            if "error" not in r and (r.get("settings", {}).get("reference") or r.get("label") == "reference")}
     lines = ["| setting | images/s | vs reference | step ms | MFU | GFLOP/step | ATen ops/step | peak mem MiB "
              "| data+masks+opt+EMA |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -317,6 +330,7 @@ def table(rows: list[dict]) -> str:
         if "error" in r:
             lines.append(f"| {r['label']} | failed: {r['error'][:80]} |  |  |  |  |  |  |  |")
             continue
+        ref = refs.get(precision_of(r))
         speed = f"{r['images_per_s'] / ref['images_per_s']:.2f}x" if ref else "-"
         lines.append(f"| {r['label']} | {r['images_per_s']:.0f} | {speed} | {1e3 * r['step_s_median']:.0f} "
                      f"| {100 * r['mfu']:.0f} % | {r['flops_per_step'] / 1e9:.1f} | {r['aten_ops_per_step']:.0f} "
@@ -371,6 +385,8 @@ def parse(argv):
     p.add_argument("--reference", action="store_true", help="time the step as the reference I-JEPA code runs it")
     p.add_argument("--all", action="store_true", help="every kernels x attention x compile setting available here")
     p.add_argument("--compile-modes", default="false,true", help="training.compile values for --all")
+    p.add_argument("--precisions", help="training.precision values for --all, e.g. fp32,bf16 (default: the config's); "
+                                        "each precision gets its own reference row")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
     p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     args, rest = p.parse_known_args(argv)

@@ -108,6 +108,24 @@ def test_reference_flag_and_table():
     assert "| fast | 150 | 1.50x | 500 | 75 % |" in text and "| broken | failed: boom" in text
 
 
+def test_table_compares_each_precision_with_its_own_reference():
+    def row(label, ips, precision, reference=False):
+        return {"label": label, "images_per_s": ips, "step_s_median": 128 / ips, "mfu": 0.5, "flops_per_step": 1e9,
+                "aten_ops_per_step": 10, "peak_mem_bytes": 2 ** 20, "data_masks_optimizer_ema_fraction": 0.01,
+                "settings": {"precision": precision, "reference": reference}}
+    text = throughput.table([row("reference", 100.0, "float32", True), row("ours", 120.0, "float32"),
+                             row("reference bf16", 400.0, "bfloat16", True), row("ours bf16", 600.0, "bfloat16")])
+    assert "| ours | 120 | 1.20x |" in text and "| ours bf16 | 600 | 1.50x |" in text
+
+
+def test_all_runs_a_reference_row_per_precision():
+    rows = throughput.combinations(torch.device("cpu"), ["false"], ["fp32", "bf16"])
+    refs = [(label, over) for label, over, reference in rows if reference]
+    assert refs == [("reference fp32", {"training.precision": "fp32"}), ("reference bf16", {"training.precision": "bf16"})]
+    assert all(over["training.precision"] in label for label, over, _ in rows)
+    assert [label for label, _, _ in throughput.combinations(torch.device("cpu"), ["false"])][0] == "reference"
+
+
 def test_bad_override_is_a_clear_error(capsys):
     assert throughput.main(["--config", "configs/bench_fmnist_tiny.yaml", "--model.depht", "3"]) == 2
     assert "unknown config key 'model.depht'; did you mean 'depth'?" in capsys.readouterr().err
