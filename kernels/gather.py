@@ -15,19 +15,24 @@ if _dispatch.HAS_TRITON:
     import triton.language as tl
 
     @triton.jit
-    def _gather_fwd_kernel(
-        x_ptr, idx_ptr, out_ptr,
-        R, K, B, D, stride_xb, stride_xn,
-        BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-    ):
-        """Copy BLOCK_R output rows (one D-chunk each) from their source rows in x."""
+    def _row_tile(idx_ptr, R, K, B, D, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+        """This program's BLOCK_R output rows and BLOCK_D columns: row ids, columns, mask, source patch and image."""
         rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         rmask = rows < R
         mask = rmask[:, None] & (cols < D)[None, :]
         rows = rows.to(tl.int64)
         n = tl.load(idx_ptr + rows, mask=rmask, other=0).to(tl.int64)
-        b = (rows // K) % B
+        return rows, cols, mask, n, (rows // K) % B
+
+    @triton.jit
+    def _gather_fwd_kernel(
+        x_ptr, idx_ptr, out_ptr,
+        R, K, B, D, stride_xb, stride_xn,
+        BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        """Copy BLOCK_R output rows (one D-chunk each) from their source rows in x."""
+        rows, cols, mask, n, b = _row_tile(idx_ptr, R, K, B, D, BLOCK_R, BLOCK_D)
         src = x_ptr + (b * stride_xb + n * stride_xn)[:, None] + cols[None, :]
         vals = tl.load(src, mask=mask)
         tl.store(out_ptr + (rows * D)[:, None] + cols[None, :], vals, mask=mask)
@@ -39,13 +44,7 @@ if _dispatch.HAS_TRITON:
         BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
         """Atomically add BLOCK_R gradient rows into the zeroed [B, N, D] accumulator."""
-        rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-        cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-        rmask = rows < R
-        mask = rmask[:, None] & (cols < D)[None, :]
-        rows = rows.to(tl.int64)
-        n = tl.load(idx_ptr + rows, mask=rmask, other=0).to(tl.int64)
-        b = (rows // K) % B
+        rows, cols, mask, n, b = _row_tile(idx_ptr, R, K, B, D, BLOCK_R, BLOCK_D)
         g = tl.load(grad_ptr + (rows * D)[:, None] + cols[None, :], mask=mask)
         dst = acc_ptr + ((b * N + n) * D)[:, None] + cols[None, :]
         tl.atomic_add(dst, g.to(acc_ptr.dtype.element_ty), mask=mask, sem="relaxed")
