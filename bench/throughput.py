@@ -6,8 +6,8 @@
                                                              # plus --reference and the shared-context predictor
     python bench/throughput.py --config CONFIG --all --precisions fp32,bf16   # ... at each precision
     python bench/throughput.py                               # --all on this device's standard config:
-        configs/bench_fmnist_tiny.yaml on CPU, configs/bench_vitb16_224.yaml on CUDA, written to
-        bench/results/<device>/throughput.{json,md}
+        configs/bench_fmnist_tiny.yaml on CPU (fp32, plus bf16 where the CPU has AVX-512 BF16 or AMX),
+        configs/bench_vitb16_224.yaml on CUDA, written to bench/results/<device>/throughput.{json,md}
 
 One run: ``--warmup`` steps (compilation happens here), ``--steps`` timed steps (data loading
 and mask sampling included, as in training), ``--phase-steps`` steps timed per labelled phase
@@ -104,6 +104,17 @@ class FlopCounter:
             self.model.zero_grad(set_to_none=True)
             self.cache[key] = counter.get_total_flops()
         return self.cache[key]
+
+
+def cpu_has_bf16_matmul(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX-512 BF16 or AMX), where bf16 training is the fast path."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def peak_memory(device: torch.device) -> tuple[int, str]:
@@ -407,6 +418,8 @@ def main(argv=None) -> int:
     if default_suite:
         args.config = str(GPU_CONFIG if torch.cuda.is_available() else CPU_CONFIG)
         args.all = True
+        if not torch.cuda.is_available() and args.precisions is None and cpu_has_bf16_matmul():
+            args.precisions = "fp32,bf16"
     try:
         cfg = load_config(args.config, {**BENCH_OVERRIDES, **overrides})
     except ConfigError as e:

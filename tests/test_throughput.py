@@ -126,6 +126,13 @@ def test_all_runs_a_reference_row_per_precision():
     assert [label for label, _, _ in throughput.combinations(torch.device("cpu"), ["false"])][0] == "reference"
 
 
+def test_bf16_matmul_detection_reads_the_cpu_flags():
+    assert throughput.cpu_has_bf16_matmul("processor: 0\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")
+    assert throughput.cpu_has_bf16_matmul("flags : sse amx_tile amx_bf16\n")
+    assert not throughput.cpu_has_bf16_matmul("flags : fpu avx2 avx512f avx512bw\nbugs : avx512_bf16\n")
+    assert not throughput.cpu_has_bf16_matmul("")
+
+
 def test_bad_override_is_a_clear_error(capsys):
     assert throughput.main(["--config", "configs/bench_fmnist_tiny.yaml", "--model.depht", "3"]) == 2
     assert "unknown config key 'model.depht'; did you mean 'depth'?" in capsys.readouterr().err
