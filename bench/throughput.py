@@ -48,7 +48,7 @@ import jepa.train  # noqa: E402
 from bench import reference_step  # noqa: E402
 from jepa.config import ConfigError, load_config, parse_overrides  # noqa: E402
 from jepa.models import build_model  # noqa: E402
-from jepa.profiling import PhaseTimer, synchronize, top_level_aten_ops  # noqa: E402
+from jepa.profiling import PhaseTimer, cpu_has_bf16_matmul, synchronize, top_level_aten_ops  # noqa: E402
 
 CPU_CONFIG = ROOT / "configs" / "bench_fmnist_tiny.yaml"
 GPU_CONFIG = ROOT / "configs" / "bench_vitb16_224.yaml"
@@ -104,17 +104,6 @@ class FlopCounter:
             self.model.zero_grad(set_to_none=True)
             self.cache[key] = counter.get_total_flops()
         return self.cache[key]
-
-
-def cpu_has_bf16_matmul(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU has bf16 matrix instructions (AVX-512 BF16 or AMX), where bf16 training is the fast path."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def peak_memory(device: torch.device) -> tuple[int, str]:

@@ -119,6 +119,17 @@ def top_level_aten_ops(events) -> int:
     return count
 
 
+def cpu_has_bf16_matmul(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX-512 BF16 or AMX), where bf16 training is the fast path."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def tune_cpu_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30) -> bool:
     """Keep freed activation buffers in the glibc heap instead of returning them to the OS.
 

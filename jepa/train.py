@@ -29,7 +29,7 @@ from jepa.config import Config, ConfigError, add_config_args, config_from_cli
 from jepa.data import Batch, TrainBatches
 from jepa.losses import elementwise_loss, expand_targets, gather_targets, pool_blocks, prediction_loss, vicreg_loss
 from jepa.models import build_model
-from jepa.profiling import trace_profiler, tune_cpu_allocator
+from jepa.profiling import cpu_has_bf16_matmul, trace_profiler, tune_cpu_allocator
 from jepa.progress import Progress
 from jepa.schedules import build_schedules
 
@@ -342,6 +342,9 @@ class Trainer:
                  self._global_batch(), self.cfg.data.batch_size, self.dist.world_size, self.cfg.training.accum_steps)
         log.info("%d steps (%d epochs x %d steps), %.2fM trainable parameters, run dir %s", self.total_steps,
                  self.cfg.training.epochs, self.steps_per_epoch, n_params / 1e6, self.run_dir)
+        if self.device.type == "cpu" and self.cfg.training.precision == "auto" and cpu_has_bf16_matmul():
+            log.info("this CPU has bf16 matrix instructions: --training.precision bf16 is usually much faster "
+                     "here (docs/performance.md, 'bf16 on CPU')")
 
     def _log(self, metrics: dict, images_per_s: float, progress):
         self._check_finite()

@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import reference_step, throughput  # noqa: E402
 from jepa.config import load_config  # noqa: E402
+from jepa.profiling import cpu_has_bf16_matmul  # noqa: E402
 from jepa.train import Trainer  # noqa: E402
 
 SMALL = {"model.embed_dim": "32", "model.depth": "2", "model.num_heads": "2", "model.pred_dim": "16",
@@ -127,10 +128,10 @@ def test_all_runs_a_reference_row_per_precision():
 
 
 def test_bf16_matmul_detection_reads_the_cpu_flags():
-    assert throughput.cpu_has_bf16_matmul("processor: 0\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")
-    assert throughput.cpu_has_bf16_matmul("flags : sse amx_tile amx_bf16\n")
-    assert not throughput.cpu_has_bf16_matmul("flags : fpu avx2 avx512f avx512bw\nbugs : avx512_bf16\n")
-    assert not throughput.cpu_has_bf16_matmul("")
+    assert cpu_has_bf16_matmul("processor: 0\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")
+    assert cpu_has_bf16_matmul("flags : sse amx_tile amx_bf16\n")
+    assert not cpu_has_bf16_matmul("flags : fpu avx2 avx512f avx512bw\nbugs : avx512_bf16\n")
+    assert not cpu_has_bf16_matmul("")
 
 
 def test_bad_override_is_a_clear_error(capsys):

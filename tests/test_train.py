@@ -1,4 +1,5 @@
 """The trainer end to end on real Fashion-MNIST data, and the order of one step (SPEC §4)."""
+import logging
 import math
 
 import pytest
@@ -173,3 +174,16 @@ def test_progress_line_in_a_log_file_shows_eta_and_prints_the_end_once():
     lines = out.getvalue().splitlines()
     assert lines[-1].startswith("step 10/10") and "loss 0.5" in lines[-1] and "<" in lines[-1]
     assert sum(line.startswith("step 10/10") for line in lines) == 1
+
+
+@pytest.mark.parametrize("precision,has_bf16,hinted", [("auto", True, True), ("auto", False, False),
+                                                       ("fp32", True, False), ("bf16", True, False)])
+def test_cpu_with_bf16_instructions_gets_a_precision_hint(tmp_path, caplog, monkeypatch, precision, has_bf16,
+                                                          hinted):
+    """Only a run that left precision on auto hears that bf16 would be faster on this CPU."""
+    monkeypatch.setattr("jepa.train.cpu_has_bf16_matmul", lambda: has_bf16)
+    trainer = Trainer(small_cfg(**{"training.precision": precision, "training.device": "cpu"}), run_dir=tmp_path)
+    with caplog.at_level(logging.INFO, logger="jepa"):
+        trainer._log_start()
+    hints = [r for r in caplog.records if "--training.precision bf16" in r.getMessage()]
+    assert len(hints) == int(hinted)
