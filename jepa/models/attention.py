@@ -4,13 +4,14 @@
 kernel, ``xformers`` is xformers' memory-efficient attention (CUDA only).  ``auto``
 resolves to xformers on CUDA when it imports (per call: only for a dtype and head
 size its op supports, else SDPA), and to SDPA everywhere else.  On CPU, SDPA runs its
-math kernel for bf16/fp16 at up to ``CPU_LOW_PRECISION_MATH_MAX_KEYS`` keys: there the
-fused CPU kernel's backward is several times slower (measured in docs/performance.md).
+math kernel where its fused kernel is the slower one (``cpu_sdpa_math_kernel``).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +21,11 @@ log = logging.getLogger("jepa")
 BACKENDS = ("auto", "xformers", "sdpa", "math")
 AUTO_XFORMERS = "auto-xformers"  # what ``auto`` resolves to on CUDA with xformers: xformers where it can run
 _announced: set[str] = set()
-# On CPU, SDPA's fused kernel is 1.4-6x slower than SDPA's own math kernel (forward + backward) for bf16/fp16
-# inputs up to this many keys; the crossover measured on AVX-512 CPUs is between 160 and 197 (docs/performance.md).
-CPU_LOW_PRECISION_MATH_MAX_KEYS = 128
+# bf16 on CPU: SDPA's fused kernel is 1.2-4.3x slower than its math kernel in forward + backward up to 160 keys
+# and faster from 197 on (bench/bench_attention.py, docs/performance.md); 128 keeps a margin below the crossover.
+CPU_BF16_MATH_MAX_KEYS = 128
+# Measured on one AVX-512 BF16 CPU without AMX; JEPA_CPU_SDPA_MATH=0 leaves the kernel choice to PyTorch.
+CPU_SDPA_MATH = os.environ.get("JEPA_CPU_SDPA_MATH", "1") != "0"
 _xformers_support: dict = {}
 
 
@@ -100,16 +103,24 @@ def _xformers_bias(attn_mask, q, k):
     return base.expand(q.shape[0], q.shape[1], nq, nk)
 
 
+def cpu_sdpa_math_kernel(q, k, v) -> bool:
+    """Whether SDPA should run its math kernel: on CPU its fused kernel is slower for fp16 (at every length
+    measured, forward alone too) and, when gradients flow, for bf16 up to ``CPU_BF16_MATH_MAX_KEYS`` keys."""
+    if not CPU_SDPA_MATH or q.device.type != "cpu":
+        return False
+    if q.dtype == torch.float16:
+        return True
+    return (q.dtype == torch.bfloat16 and k.shape[-2] <= CPU_BF16_MATH_MAX_KEYS and torch.is_grad_enabled()
+            and (q.requires_grad or k.requires_grad or v.requires_grad))
+
+
 def attention(q, k, v, backend: str = "sdpa", attn_mask=None):
     """``q, k, v``: ``[B, H, N, d]``; ``attn_mask``: bool (True = attend) or additive, broadcastable."""
     if backend == AUTO_XFORMERS:
         backend = "xformers" if q.is_cuda and xformers_supports(q.shape[-1], q.dtype, q.device) else "sdpa"
     if backend == "sdpa":
-        if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) \
-                and k.shape[-2] <= CPU_LOW_PRECISION_MATH_MAX_KEYS:
-            with sdpa_kernel(SDPBackend.MATH):
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        with sdpa_kernel(SDPBackend.MATH) if cpu_sdpa_math_kernel(q, k, v) else contextlib.nullcontext():
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
     if backend == "math":
         return math_attention(q, k, v, attn_mask)
     if backend == "xformers":
