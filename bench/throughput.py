@@ -54,6 +54,7 @@ CPU_CONFIG = ROOT / "configs" / "bench_fmnist_tiny.yaml"
 GPU_CONFIG = ROOT / "configs" / "bench_vitb16_224.yaml"
 BENCH_OVERRIDES = {"logging.tensorboard": "false", "logging.progress": "false", "eval.every_epochs": "0"}
 OVERHEAD_PHASES = ("data", "masks", "optimizer", "ema")
+PRECISIONS = ("fp32", "bf16", "fp16")
 PROFILED_STEPS = 2
 
 
@@ -104,6 +105,21 @@ class FlopCounter:
             self.model.zero_grad(set_to_none=True)
             self.cache[key] = counter.get_total_flops()
         return self.cache[key]
+
+
+MATMUL_OPS = ("aten::addmm", "aten::mm", "aten::bmm")
+
+
+def op_times(prof, top: int = 12) -> tuple[list[dict], float]:
+    """The ops with the most self CPU time in the profiled steps (per step), and the matmuls' share of it all."""
+    stats = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in stats)
+    stats.sort(key=lambda e: -e.self_cpu_time_total)
+    rows = [{"op": e.key, "ms_per_step": e.self_cpu_time_total / 1e3 / PROFILED_STEPS,
+             "calls_per_step": e.count / PROFILED_STEPS, "fraction": e.self_cpu_time_total / total}
+            for e in stats[:top]]
+    matmul = sum(e.self_cpu_time_total for e in stats if e.key in MATMUL_OPS)
+    return rows, matmul / total if total else float("nan")
 
 
 def peak_memory(device: torch.device) -> tuple[int, str]:
@@ -205,6 +221,7 @@ def measure(trainer, cfg, args) -> dict:
             step_fn(next_group())
         synchronize(device)
     aten_ops = top_level_aten_ops(prof.events()) / PROFILED_STEPS
+    top_ops, matmul_fraction = op_times(prof)
     peaks.append(matmul_peak(device, trainer.amp_dtype))
 
     batch = cfg.data.batch_size * cfg.training.accum_steps * trainer.dist.world_size
@@ -236,6 +253,8 @@ def measure(trainer, cfg, args) -> dict:
         "peak_flops_per_s_each": peaks,
         "mfu": flops_per_step / median / peak,
         "aten_ops_per_step": aten_ops,
+        "top_ops": top_ops,
+        "matmul_fraction": matmul_fraction,
         "peak_mem_bytes": mem,
         "peak_mem_source": mem_source,
         "phases": phases,
@@ -354,6 +373,10 @@ def describe(r: dict) -> str:
     for name, p in r["phases"].items():
         lines.append(f"  {name:<16} {p['ms']:7.1f}  {100 * p['fraction']:5.1f} %")
     lines.append(f"  data+masks+optimizer+ema: {100 * r['data_masks_optimizer_ema_fraction']:.1f} % of the step")
+    lines.append(f"  op (self CPU time, profiled steps)                   ms/step  calls  share   "
+                 f"[addmm+mm+bmm: {100 * r['matmul_fraction']:.1f} %]")
+    for o in r["top_ops"]:
+        lines.append(f"  {o['op'][:50]:<50} {o['ms_per_step']:8.1f} {o['calls_per_step']:6.0f}  {100 * o['fraction']:5.1f} %")
     return "\n".join(lines)
 
 
@@ -394,6 +417,13 @@ def parse(argv):
         overrides = parse_overrides(rest)
     except ConfigError as e:
         p.error(str(e))
+    if args.precisions is not None:
+        if not args.all and args.config is not None:
+            p.error("--precisions only applies to --all (for one run use --training.precision)")
+        values = args.precisions.split(",")
+        bad = [v for v in values if v not in PRECISIONS]
+        if bad or len(set(values)) != len(values):
+            p.error(f"--precisions takes distinct values of {', '.join(PRECISIONS)}, got {args.precisions!r}")
     if args.steps < 1 or args.warmup < 0 or args.phase_steps < 0:
         p.error("--steps must be >= 1, --warmup and --phase-steps >= 0")
     return args, overrides

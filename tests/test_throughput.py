@@ -96,6 +96,10 @@ def test_benchmark_writes_the_json_keys(tmp_path, capsys):
               "ema", "other"}
     assert set(record["phases"]) == labels
     assert sum(p["fraction"] for p in record["phases"].values()) == pytest.approx(1.0, abs=1e-6)
+    ops = record["top_ops"]
+    assert ops and all(a["ms_per_step"] >= b["ms_per_step"] > 0 for a, b in zip(ops, ops[1:]))
+    assert 0 < record["matmul_fraction"] < 1 and sum(o["fraction"] for o in ops) <= 1 + 1e-9
+    assert any(o["op"] in ("aten::addmm", "aten::mm") for o in ops)
     assert "images/s" in capsys.readouterr().out
 
 
@@ -132,6 +136,16 @@ def test_bf16_matmul_detection_reads_the_cpu_flags():
     assert cpu_has_bf16_matmul("flags : sse amx_tile amx_bf16\n")
     assert not cpu_has_bf16_matmul("flags : fpu avx2 avx512f avx512bw\nbugs : avx512_bf16\n")
     assert not cpu_has_bf16_matmul("")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--precisions", "fp32"], "--precisions only applies to --all"),
+    (["--all", "--precisions", "fp32,bf16,fp32"], "distinct values of fp32, bf16, fp16"),
+    (["--all", "--precisions", "bfloat16"], "got 'bfloat16'")])
+def test_precisions_are_checked_before_anything_runs(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        throughput.main(["--config", "configs/bench_fmnist_tiny.yaml", *argv])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_bad_override_is_a_clear_error(capsys):
