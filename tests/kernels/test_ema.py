@@ -18,6 +18,7 @@ TOL = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.flo
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
+    """Each backend in turn; unlike conftest's fixture nothing is poisoned: the update is in place."""
     kernels.set_backend(request.param)
     yield request.param
     kernels.set_backend("auto")

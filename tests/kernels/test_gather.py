@@ -7,34 +7,8 @@ import pytest
 import torch
 
 import kernels
-from kernels import dispatch
 
-from kernel_backends import BACKENDS, DEVICE, GPU
-# (B, N, D, M, K): odd D, K=1, B=1, M=1 and 4
-SHAPES = [(1, 5, 3, 1, 1), (2, 7, 61, 4, 3), (3, 16, 192, 4, 5), (2, 9, 200, 1, 4), (1, 6, 200, 4, 1)]
-TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch):
-    """Select a backend and make every kernel output start as NaN (poisoned)."""
-
-    def poisoned(shape, dtype, device):
-        out = torch.empty(shape, dtype=dtype, device=device)
-        return out.fill_(float("nan")) if dtype.is_floating_point else out.fill_(-7)
-
-    monkeypatch.setattr(dispatch, "empty", poisoned)
-    kernels.set_backend(request.param)
-    yield request.param
-    kernels.set_backend("auto")
-
-
-def make_idx(m, b, k, n):
-    """Indices with duplicates across masks (mask 1 repeats mask 0's first rows) and within."""
-    idx = torch.randint(0, n, (m, b, k))
-    if m > 1:
-        idx[1, :, : (k + 1) // 2] = idx[0, :, : (k + 1) // 2]
-    return idx.to(DEVICE)
+from kernel_backends import DEVICE, GPU, ROW_SHAPES as SHAPES, ROW_TOL as TOL, make_idx, rel_err
 
 
 def ref_gather(x, idx):
@@ -52,10 +26,6 @@ def ref_scatter(grad, idx, n):
             for kk in range(k):
                 out[bb, idx[mm, bb, kk]] += grad[mm * b + bb, kk]
     return out
-
-
-def rel_err(a, ref):
-    return ((a.cpu().double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
 
 
 def check(x, idx, dtype):

@@ -8,33 +8,10 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from kernels import dispatch
 
-from kernel_backends import BACKENDS, DEVICE, GPU
-# (B, N, D, M, K): odd D, K=1, B=1, M=1 and 4
-SHAPES = [(1, 5, 3, 1, 1), (2, 7, 61, 4, 3), (3, 16, 192, 4, 5), (2, 9, 200, 1, 4), (1, 6, 200, 4, 1)]
+from kernel_backends import DEVICE, GPU, ROW_SHAPES as SHAPES, ROW_TOL as TOL, make_idx, rel_err
+
 LOSSES = [("mse", 1.0), ("smooth_l1", 1.0), ("smooth_l1", 0.3), ("smooth_l1", 0.0)]
-TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch):
-    """Select a backend and make every kernel output start as NaN (poisoned)."""
-
-    def poisoned(shape, dtype, device):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-
-    monkeypatch.setattr(dispatch, "empty", poisoned)
-    kernels.set_backend(request.param)
-    yield request.param
-    kernels.set_backend("auto")
-
-
-def make_idx(m, b, k, n):
-    idx = torch.randint(0, n, (m, b, k))
-    if m > 1:
-        idx[1, :, : (k + 1) // 2] = idx[0, :, : (k + 1) // 2]
-    return idx.to(DEVICE)
 
 
 def reference(pred, target, idx, kind, beta, normalize, eps=1e-6):
@@ -52,10 +29,6 @@ def reference(pred, target, idx, kind, beta, normalize, eps=1e-6):
         loss = F.smooth_l1_loss(pred, tg, beta=beta)
     loss.backward()
     return loss.detach(), pred.grad
-
-
-def rel_err(a, ref):
-    return ((a.cpu().double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
 
 
 @pytest.mark.parametrize("kind,beta", LOSSES)
