@@ -54,6 +54,17 @@ def fsync_dir(folder: Path):
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _removed_on_error(tmp):
+    """Delete the temp file ``tmp`` if the block fails (or is interrupted), then re-raise."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def atomic_write(path: str | Path, write) -> Path:
     """Call ``write(binary_file)`` on a temp file next to ``path``, fsync it, rename it over ``path``.
 
@@ -63,17 +74,13 @@ def atomic_write(path: str | Path, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
+    with _removed_on_error(tmp):
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     fsync_dir(path.parent)
     return path
 
@@ -91,7 +98,7 @@ def atomic_link(src: str | Path, dst: str | Path) -> Path:
     """Make ``dst`` an atomic hard link to ``src`` (no extra disk space); copy where links are unsupported."""
     src, dst = Path(src), Path(dst)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link.tmp")
-    try:
+    with _removed_on_error(tmp):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         try:
@@ -99,10 +106,6 @@ def atomic_link(src: str | Path, dst: str | Path) -> Path:
         except OSError:
             return atomic_write(dst, lambda f: _copy_into(src, f))
         os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     fsync_dir(dst.parent)
     return dst
 
