@@ -112,13 +112,14 @@ def _table(ts: List[torch.Tensor], os_: List[torch.Tensor]):
 def _ema_triton_(ts: Sequence[torch.Tensor], os_: Sequence[torch.Tensor], momentum) -> None:
     fast_t, fast_o, rest_t, rest_o = [], [], [], []
     device = ts[0].device
+    interpreting = _dispatch.interpreting()  # the interpreter can't follow device pointers
     for t, o in zip(ts, os_, strict=True):
         if t.shape != o.shape:
             raise ValueError(f"ema_update_: shape mismatch {tuple(t.shape)} vs {tuple(o.shape)}")
         ok = (
             t.dtype in _CODES and o.dtype in _CODES and t.device == o.device == device
             and t.is_contiguous() and o.is_contiguous()
-            and not (t.is_cuda and _dispatch.interpreting())  # the interpreter can't follow device pointers
+            and not (t.is_cuda and interpreting)
         )
         if ok and t.numel():
             fast_t.append(t)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from . import dispatch as _dispatch
-from .reference import masked_gather_backward_torch, masked_gather_torch
+from .reference import acc_dtype, masked_gather_backward_torch, masked_gather_torch
 
 if _dispatch.HAS_TRITON:
     import triton
@@ -81,8 +81,7 @@ def _gather_backward_triton(grad: torch.Tensor, idx: torch.Tensor, n: int) -> to
     grad = grad.contiguous()
     idx = idx.contiguous()
     r = m * b * k
-    acc_dtype = grad.dtype if grad.dtype in (torch.float32, torch.float64) else torch.float32
-    acc = torch.zeros((b, n, d), dtype=acc_dtype, device=grad.device)
+    acc = torch.zeros((b, n, d), dtype=acc_dtype(grad.dtype), device=grad.device)
     if r and d:
         block_r, block_d = _blocks(d)
         grid = (triton.cdiv(r, block_r), triton.cdiv(d, block_d))

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the fused ops accumulate in: fp64 for fp64 inputs, else fp32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -56,19 +57,19 @@ def masked_target_loss_torch(
     fp32 (fp64 for fp64 inputs) and the gradient of the *summed* loss in ``pred.dtype``
     (empty when ``compute_grad`` is false); the 1/numel scale is applied in backward.
     """
-    acc = _acc_dtype(pred.dtype)
+    acc = acc_dtype(pred.dtype)
     d = pred.shape[-1]
     t = masked_gather_torch(target, idx).to(acc)
     if normalize:
         t = F.layer_norm(t, (d,), eps=eps)
-    diff = pred.to(acc) - t
+    p = pred.to(acc)
+    diff = p - t
     numel = diff.numel()
     if kind == "mse":
         flat = diff.view(-1)
         loss = torch.dot(flat, flat) / numel
         dgrad = diff.mul_(2.0) if compute_grad else None
-    elif kind == "smooth_l1":
-        p = pred.to(acc)
+    else:  # smooth_l1 (masked_target_loss_op has checked the kind)
         loss = F.smooth_l1_loss(p, t, beta=beta)
         if not compute_grad:
             dgrad = None
@@ -76,8 +77,6 @@ def masked_target_loss_torch(
             dgrad = diff.div_(beta).clamp_(-1.0, 1.0)
         else:
             dgrad = diff.sign_()
-    else:
-        raise ValueError(f"unknown loss kind {kind!r}; expected 'mse' or 'smooth_l1'")
     if dgrad is None:
         dgrad = pred.new_empty(0)
     else:

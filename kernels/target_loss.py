@@ -11,7 +11,7 @@ from typing import Tuple
 import torch
 
 from . import dispatch as _dispatch
-from .reference import masked_target_loss_torch
+from .reference import acc_dtype, masked_target_loss_torch
 
 KINDS = {"mse": 0, "smooth_l1": 1}
 
@@ -70,7 +70,7 @@ def _target_loss_triton(pred, target, idx, kind, beta, normalize, eps, compute_g
         target = target.contiguous()
     idx = idx.contiguous()
     r = m * b * k
-    acc = torch.float64 if pred.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(pred.dtype)
     block_d = triton.next_power_of_2(d)
     block_r = max(1, min(16, 4096 // block_d))
     grid = (triton.cdiv(r, block_r),)
@@ -108,8 +108,7 @@ def masked_target_loss_op(
 
 @masked_target_loss_op.register_fake
 def _(pred, target, idx, kind, beta, normalize, eps, compute_grad):
-    acc = torch.float64 if pred.dtype == torch.float64 else torch.float32
-    loss = pred.new_empty((), dtype=acc)
+    loss = pred.new_empty((), dtype=acc_dtype(pred.dtype))
     return loss, pred.new_empty(pred.shape if compute_grad else (0,))
 
 
@@ -123,7 +122,7 @@ def _backward(ctx, grad_loss, _grad_dgrad):
     (dgrad,) = ctx.saved_tensors
     if dgrad.numel() == 0 and ctx.numel != 0:
         raise RuntimeError("masked_target_loss was called with compute_grad=False")
-    scale = grad_loss.to(torch.float64 if dgrad.dtype == torch.float64 else torch.float32)
+    scale = grad_loss.to(acc_dtype(dgrad.dtype))
     grad = (dgrad * (scale / ctx.numel)).to(ctx.pred_dtype)
     return grad, None, None, None, None, None, None, None
 
