@@ -5,6 +5,8 @@ the GPU check of xformers against math in bf16 allows atol 2e-2 / rtol 2e-2 (8-b
 """
 import importlib
 import logging
+import sys
+import types
 
 import pytest
 import torch
@@ -111,6 +113,19 @@ def test_math_attention_is_the_textbook_formula():
     q, k, v = (torch.randn(2, 5, 8, dtype=torch.float64) for _ in range(3))
     expected = torch.softmax(q @ k.transpose(-1, -2) / 8 ** 0.5, dim=-1) @ v
     torch.testing.assert_close(math_attention(q, k, v), expected)
+
+
+def test_xformers_probe_made_before_compile_serves_the_compiled_lookup(monkeypatch):
+    """prepare_backend probes on "cuda"; the compiled forward asks for q.device ("cuda:0") and may not probe."""
+    fake = types.ModuleType("xformers.ops")
+    fake.memory_efficient_attention = lambda q, k, v, attn_bias=None: q * 1
+    monkeypatch.setitem(sys.modules, "xformers", types.ModuleType("xformers"))
+    monkeypatch.setitem(sys.modules, "xformers.ops", fake)
+    monkeypatch.setattr(att, "_xformers_support", {})
+    assert att.xformers_supports(40, torch.float32, "cpu")  # probed (the fake op runs on CPU tensors)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert att.xformers_supports(40, torch.float32, "cuda:0")
+    assert not att.xformers_supports(24, torch.float32, "cuda:0")  # never probed: unsupported
 
 
 @pytest.mark.skipif(not att.xformers_available(), reason="needs CUDA and xformers (GPU suite)")

@@ -40,9 +40,10 @@ def xformers_available() -> bool:
 def xformers_supports(head_dim: int, dtype: torch.dtype, device: torch.device | str = "cuda") -> bool:
     """Whether xformers' op runs forward and backward for this head size and dtype (probed once, cached).
 
-    Inside a ``torch.compile`` trace nothing is probed: an unprobed case counts as unsupported.
+    Inside a ``torch.compile`` trace nothing is probed: an unprobed case counts as unsupported.  The cache is
+    keyed without the device (a run uses one kind of GPU), so a probe on ``"cuda"`` serves ``cuda:0`` tensors.
     """
-    key = (int(head_dim), dtype, str(torch.device(device)))
+    key = (int(head_dim), dtype)
     if key not in _xformers_support:
         if torch.compiler.is_compiling():
             return False
