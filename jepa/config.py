@@ -223,14 +223,13 @@ def _coerce(value, tp, path: str):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(value, a, path)
-            except ConfigError as e:
-                errors.append(e)
+            except ConfigError:
+                pass
         raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
     if origin in (list, tuple):
         if isinstance(value, str):

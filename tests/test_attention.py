@@ -14,7 +14,7 @@ import torch
 from jepa.models.attention import attention, math_attention, resolve_backend
 from jepa.models.vit import Block, Predictor
 
-att = importlib.import_module("jepa.models.attention")  # the module; jepa.models.attention is also a function
+att = importlib.import_module("jepa.models.attention")
 TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=2e-5, rtol=1e-4)}
 
 

@@ -6,8 +6,9 @@ import copy
 import torch
 import torch.nn as nn
 
-from jepa.models.attention import attention, resolve_backend  # noqa: F401
-from jepa.models.vit import Predictor, VisionTransformer, set_attention_backend  # noqa: F401
+from jepa.losses import pool_blocks
+from jepa.models.attention import resolve_backend
+from jepa.models.vit import Predictor, VisionTransformer
 
 
 class JEPA(nn.Module):
@@ -32,7 +33,6 @@ class JEPA(nn.Module):
 
     def forward(self, images, ctx_idx, tgt_idx, block_hw):
         """Context branch and predictions per level: ``(z [E·B, Kc, D], [pred level 0, level 1, ...])``."""
-        from jepa.losses import pool_blocks
         z = self.context_encoder(images, ctx_idx)
         pred = self.predictor(z, ctx_idx, tgt_idx)
         preds = [pred] + [head(pool_blocks(pred, block_hw, 2 ** (level + 1)))

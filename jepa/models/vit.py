@@ -86,13 +86,6 @@ def init_weights(module: nn.Module, blocks: nn.ModuleList):
             block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer))
 
 
-def set_attention_backend(module: nn.Module, backend: str):
-    for m in module.modules():
-        if isinstance(m, Attention):
-            prepare_backend(backend, m.qkv.in_features // m.num_heads)
-            m.backend = backend
-
-
 class VisionTransformer(nn.Module):
     """ViT encoder over patches with fixed sin-cos positions and no [cls] token.
 
