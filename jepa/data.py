@@ -33,15 +33,16 @@ class Batch:
     ctx_idx: torch.Tensor       # [E, B, Kc] sorted patch ids
     tgt_idx: torch.Tensor       # [M, B, Kt]
     block_hw: tuple[int, int]   # shape of every target block of this batch
+    mask_info: dict | None = None  # the sampler's last_info for this batch (for the trainer's mask statistics)
 
     def to(self, device, non_blocking: bool = True) -> "Batch":
         return Batch(self.images.to(device, non_blocking=non_blocking), self.labels.to(device, non_blocking=non_blocking),
                      self.ctx_idx.to(device, non_blocking=non_blocking), self.tgt_idx.to(device, non_blocking=non_blocking),
-                     self.block_hw)
+                     self.block_hw, self.mask_info)
 
     def pin_memory(self) -> "Batch":
         return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.ctx_idx.pin_memory(),
-                     self.tgt_idx.pin_memory(), self.block_hw)
+                     self.tgt_idx.pin_memory(), self.block_hw, self.mask_info)
 
 
 def block_shape(tgt_idx: torch.Tensor, grid_w: int) -> tuple[int, int]:
@@ -105,7 +106,8 @@ class EpochBatches(Dataset):
         with record_function("masks"):
             ctx, tgt = self.sampler.sample(len(idx), generator=g)
         ctx_idx, tgt_idx = torch.stack(ctx), torch.stack(tgt)
-        return Batch(images, labels, ctx_idx, tgt_idx, block_shape(tgt_idx, self.sampler.grid[1]))
+        return Batch(images, labels, ctx_idx, tgt_idx, block_shape(tgt_idx, self.sampler.grid[1]),
+                     dict(self.sampler.last_info))
 
 
 def _ignore_sigint(_worker_id: int):

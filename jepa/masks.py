@@ -91,13 +91,55 @@ def _check_int(name: str, value, minimum: int) -> int:
     return v
 
 
+class MaskStats:
+    """Running means and counts over batches' ``MaskSampler.last_info`` dicts.
+
+    The sampler keeps one for the batches it drew; the trainer keeps its own from the ``last_info`` shipped
+    with each batch, because under DataLoader workers the sampler that draws is in another process.
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self._batches = self._sum_kc = self._sum_kt = self._sum_ctx_uncut = self._ctx_masks = 0
+        self._relaxations = self._redraws = self._below_min_keep = 0
+
+    def add(self, info: dict) -> None:
+        self._batches += 1
+        self._sum_kc += info["context_tokens"]
+        self._sum_kt += info["target_tokens"]
+        self._sum_ctx_uncut += info["context_tokens_uncut_total"]
+        self._ctx_masks += info["context_masks"]
+        self._relaxations += info["relaxations"]
+        self._redraws += info["target_redraws"]
+        self._below_min_keep += info["below_min_keep"]
+
+    def summary(self, reset: bool = False) -> dict:
+        """Means and counts since the last reset: tokens per context/target mask and relaxations."""
+        n = max(self._batches, 1)
+        out = {
+            "batches": self._batches,
+            "context_tokens": self._sum_kc / n,
+            "target_tokens": self._sum_kt / n,
+            "context_tokens_uncut": self._sum_ctx_uncut / max(self._ctx_masks, 1),
+            "relaxations": self._relaxations,
+            "relaxations_per_batch": self._relaxations / n,
+            "target_redraws": self._redraws,
+            "below_min_keep": self._below_min_keep,
+        }
+        if reset:
+            self.reset()
+        return out
+
+
 class MaskSampler:
     """Samples I-JEPA context and target masks for a whole batch (see module docstring).
 
     ``sample`` uses only the generator it is given (or a private one), never the
     global RNG, so a per-batch seeded generator makes it reproducible in
     DataLoader workers.  Counters (``stats``) live in the process that calls
-    ``sample``: under DataLoader workers, ship ``last_info`` with the batch.
+    ``sample``: under DataLoader workers, ship ``last_info`` with the batch (``MaskStats``).
     """
 
     def __init__(self, grid, enc_scale=(0.85, 1.0), pred_scale=(0.15, 0.2),
@@ -127,36 +169,16 @@ class MaskSampler:
         self._gen: torch.Generator | None = None
         self._gen_pid = -1
         self.last_info: dict = {}
-        self.reset_stats()
+        self._stats = MaskStats()
 
     # ------------------------------------------------------------------ stats
     def reset_stats(self) -> None:
         """Zero the counters reported by ``stats``."""
-        self._batches = 0
-        self._sum_kc = 0
-        self._sum_kt = 0
-        self._sum_ctx_uncut = 0
-        self._ctx_masks = 0
-        self._relaxations = 0
-        self._redraws = 0
-        self._below_min_keep = 0
+        self._stats.reset()
 
     def stats(self, reset: bool = False) -> dict:
         """Means and counts since the last reset: tokens per context/target mask and relaxations."""
-        n = max(self._batches, 1)
-        out = {
-            "batches": self._batches,
-            "context_tokens": self._sum_kc / n,
-            "target_tokens": self._sum_kt / n,
-            "context_tokens_uncut": self._sum_ctx_uncut / max(self._ctx_masks, 1),
-            "relaxations": self._relaxations,
-            "relaxations_per_batch": self._relaxations / n,
-            "target_redraws": self._redraws,
-            "below_min_keep": self._below_min_keep,
-        }
-        if reset:
-            self.reset_stats()
-        return out
+        return self._stats.summary(reset)
 
     # --------------------------------------------------------------- sampling
     def _private_generator(self) -> torch.Generator:
@@ -242,20 +264,14 @@ class MaskSampler:
               + t_left[..., None, None] + torch.arange(tw))
         targets = list(ti.view(B, M, th * tw).transpose(0, 1).contiguous().unbind(0))
 
-        below = int((counts < self.min_keep).sum())
-        self._batches += 1
-        self._sum_kc += kc
-        self._sum_kt += th * tw if M else 0
-        self._sum_ctx_uncut += int(counts.sum())
-        self._ctx_masks += B * E
-        self._relaxations += relaxed * E
-        self._redraws += redraws
-        self._below_min_keep += below
         self.last_info = {
             "target_size": (th, tw), "context_size": (ch, cw),
             "context_tokens": kc, "target_tokens": th * tw if M else 0,
-            "relaxations": relaxed * E, "target_redraws": redraws, "below_min_keep": below,
+            "relaxations": relaxed * E, "target_redraws": redraws,
+            "below_min_keep": int((counts < self.min_keep).sum()),
+            "context_tokens_uncut_total": int(counts.sum()), "context_masks": B * E,
         }
+        self._stats.add(self.last_info)
         return context, targets
 
     __call__ = sample

@@ -28,6 +28,7 @@ from jepa.checkpoint import (BEST_NAME, FORMAT, CheckpointError, atomic_link, at
 from jepa.config import Config, ConfigError, add_config_args, config_from_cli
 from jepa.data import Batch, TrainBatches
 from jepa.losses import elementwise_loss, expand_targets, gather_targets, pool_blocks, prediction_loss, vicreg_loss
+from jepa.masks import MaskStats
 from jepa.models import build_model
 from jepa.profiling import cpu_has_bf16_matmul, trace_profiler, tune_cpu_allocator
 from jepa.progress import Progress
@@ -124,6 +125,7 @@ class Trainer:
             tune_cpu_allocator()
         self.model = build_model(cfg, device)
         self.data = TrainBatches(cfg, dataset, self.dist.rank, self.dist.world_size, pin_memory=device.type == "cuda")
+        self.mask_stats = MaskStats()  # from the batches received: the sampler may run in DataLoader workers
         self.steps_per_epoch = self.data.batches_per_epoch // t.accum_steps
         if self.steps_per_epoch < 1:
             raise ConfigError(f"training.accum_steps={t.accum_steps} needs at least that many batches per epoch, "
@@ -262,6 +264,8 @@ class Trainer:
             while self.batch_in_epoch < usable:
                 with record_function("data"):
                     batch = next(it).to(self.device)
+                if batch.mask_info:
+                    self.mask_stats.add(batch.mask_info)
                 group.append(batch)
                 self.batch_in_epoch += 1
                 if len(group) == accum:
@@ -348,9 +352,9 @@ class Trainer:
 
     def _log(self, metrics: dict, images_per_s: float, progress):
         self._check_finite()
-        stats = self.data.sampler.stats() if hasattr(self.data.sampler, "stats") else {}
+        stats = self.mask_stats.summary()
         per_rank = {k: v for k, v in metrics.items() if torch.is_tensor(v)}
-        per_rank.update({f"masks/{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
+        per_rank.update({f"masks/{k}": v for k, v in stats.items()})
         reduced = jdist.mean_over_ranks(per_rank, self.dist, self.device)
         scalars = {k: reduced.get(k, v) for k, v in metrics.items()}
         scalars["images_per_s"] = images_per_s
@@ -362,9 +366,8 @@ class Trainer:
         if self.writer is not None:
             for k, v in scalars.items():
                 self.writer.add_scalar(k if "/" in k else f"train/{k}", v, self.step)
-            for k, v in stats.items():
-                if isinstance(v, (int, float)):
-                    self.writer.add_scalar(f"masks/{k}", reduced[f"masks/{k}"], self.step)
+            for k in stats:
+                self.writer.add_scalar(f"masks/{k}", reduced[f"masks/{k}"], self.step)
 
     def _check_finite(self):
         if jdist.any_rank(bool(self.nonfinite), self.dist):

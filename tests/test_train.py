@@ -187,3 +187,18 @@ def test_cpu_with_bf16_instructions_gets_a_precision_hint(tmp_path, caplog, monk
         trainer._log_start()
     hints = [r for r in caplog.records if "--training.precision bf16" in r.getMessage()]
     assert len(hints) == int(hinted)
+
+
+def test_mask_statistics_count_batches_drawn_in_dataloader_workers(tmp_path):
+    """The sampler runs in the workers; the statistics the trainer logs come with the batches it receives."""
+    summaries = []
+    for workers in (0, 2):
+        trainer = Trainer(small_cfg(**{"data.num_workers": str(workers)}), run_dir=tmp_path / str(workers))
+        stream = trainer.micro_batches()
+        groups = [next(stream) for _ in range(3)]
+        stats = trainer.mask_stats.summary()
+        assert stats["batches"] == 3
+        assert stats["context_tokens"] == sum(g[0].ctx_idx.shape[-1] for g in groups) / 3
+        assert stats["target_tokens"] == sum(g[0].tgt_idx.shape[-1] for g in groups) / 3
+        summaries.append(stats)
+    assert summaries[0] == summaries[1]
