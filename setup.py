@@ -17,7 +17,7 @@ setup(
         "tensorboard>=2.14",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "tensorboard>=2.14", "torch-tb-profiler>=0.4", "hypothesis>=6"],
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "torch-tb-profiler>=0.4", "hypothesis>=6"],
         "cuda": ["xformers"],
     },
     entry_points={"console_scripts": ["jepa-train=jepa.train:main", "jepa-eval=jepa.eval:main"]},

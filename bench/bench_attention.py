@@ -23,6 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from jepa.models.attention import CPU_BF16_MATH_MAX_KEYS, math_attention  # noqa: E402
+from jepa.profiling import synchronize  # noqa: E402
 
 SHAPES = [(128, 3, 49, 64), (128, 3, 14, 64), (512, 3, 23, 32), (64, 3, 96, 64), (39, 3, 160, 64),
           (64, 12, 197, 64)]
@@ -59,12 +60,10 @@ def measure(fn, shape, dtype, device, reps):
             step()
         times = []
         for _ in range(reps):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(device)
             t0 = time.perf_counter()
             step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(device)
             times.append(time.perf_counter() - t0)
         return 1e3 * sorted(times)[len(times) // 2]
 

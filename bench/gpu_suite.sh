@@ -64,13 +64,9 @@ for group, items in sorted(groups.items()):
 PYEOF
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
-if [ -f bench/throughput.py ]; then
-    echo "== training throughput (bench/throughput.py) =="
-    "$PY" bench/throughput.py 2>&1 | tee "$OUT/throughput.txt"
-    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-else
-    echo "bench/throughput.py not found; skipping training throughput"
-fi
+echo "== training throughput (bench/throughput.py) =="
+"$PY" bench/throughput.py 2>&1 | tee "$OUT/throughput.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 echo "results in $OUT"
 exit $status

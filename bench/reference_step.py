@@ -37,6 +37,13 @@ def repeat_interleave_batch(x: torch.Tensor, batch: int, repeat: int) -> torch.T
     return torch.cat([torch.cat([c] * repeat, dim=0) for c in chunks], dim=0)
 
 
+def ema_update(target_params, online_params, m: float) -> None:
+    """The reference EMA: a Python loop of ``mul_`` / ``add_`` per parameter."""
+    with torch.no_grad():
+        for t, o in zip(target_params, online_params):
+            t.mul_(m).add_((1.0 - m) * o)
+
+
 def attention(attn, x: torch.Tensor) -> torch.Tensor:
     B, N, C = x.shape
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, C // attn.num_heads).permute(2, 0, 3, 1, 4)
@@ -143,7 +150,6 @@ class ReferenceStep:
             self.optimizer.zero_grad()
         t.step += 1
         m = t.schedules.momentum_at(t.step)
-        with record_function("ema"), torch.no_grad():
-            for q, k in zip(t.model.context_encoder.parameters(), t.model.target_encoder.parameters()):
-                k.data.mul_(m).add_((1.0 - m) * q.detach().data)
+        with record_function("ema"):
+            ema_update(t.model.target_encoder.parameters(), t.model.context_encoder.parameters(), m)
         return total

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import kernels
+from bench.reference_step import ema_update as reference_ema
 
 MODELS = {"vit_s": (12, 384), "vit_b": (12, 768), "vit_l": (24, 1024)}
 MOMENTUM = 0.996
@@ -23,11 +24,6 @@ def _params(env, model):
     target = [torch.randn(s, device=env.device) for s in shapes]
     online = [torch.randn(s, device=env.device) for s in shapes]
     return target, online
-
-
-def reference_ema(target, online, m):
-    for t, o in zip(target, online):
-        t.mul_(m).add_((1.0 - m) * o)
 
 
 def flat_buffer_ema(target, online, m):

@@ -46,6 +46,7 @@ import jepa.data  # noqa: E402
 import jepa.models.vit  # noqa: E402
 import jepa.train  # noqa: E402
 from bench import reference_step  # noqa: E402
+from jepa.checkpoint import atomic_write_text  # noqa: E402
 from jepa.config import ConfigError, load_config, parse_overrides  # noqa: E402
 from jepa.models import build_model  # noqa: E402
 from jepa.profiling import PhaseTimer, cpu_has_bf16_matmul, synchronize, top_level_aten_ops  # noqa: E402
@@ -381,17 +382,9 @@ def describe(r: dict) -> str:
 
 
 def results_dir(device: torch.device) -> Path:
-    name = device_name(device).split(",")[0] if device.type == "cpu" else torch.cuda.get_device_name(device)
+    name = device_name(device).split(",")[0]
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
     return ROOT / "bench" / "results" / (slug if device.type == "cuda" else f"cpu-{slug}")
-
-
-def write(path: Path, text: str):
-    """Write ``text`` atomically (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------ command line
@@ -454,9 +447,9 @@ def main(argv=None) -> int:
         print(f"\n{cfg.name} on {device_name(device)}, torch {torch.__version__}\n\n{text}")
         out = Path(args.out) if args.out else (results_dir(device) / "throughput.json" if default_suite else None)
         if out is not None:
-            write(out, json.dumps({"config": cfg.name, "device": device_name(device), "rows": rows, "table": text},
+            atomic_write_text(out, json.dumps({"config": cfg.name, "device": device_name(device), "rows": rows, "table": text},
                                   indent=1))
-            write(out.with_suffix(".md"), f"### {cfg.name} on {device_name(device)}, torch {torch.__version__}\n\n"
+            atomic_write_text(out.with_suffix(".md"), f"### {cfg.name} on {device_name(device)}, torch {torch.__version__}\n\n"
                   f"{text}\n")
             print(f"\nwritten: {out} and {out.with_suffix('.md')}")
         return 0 if all("error" not in r for r in rows) else 1
@@ -468,7 +461,7 @@ def main(argv=None) -> int:
     if not args.quiet:
         print(describe(record))
     if args.out:
-        write(Path(args.out), json.dumps(record, indent=1))
+        atomic_write_text(Path(args.out), json.dumps(record, indent=1))
     return 0
 
 
