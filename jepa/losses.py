@@ -23,8 +23,7 @@ def prediction_loss(pred, target, tgt_idx, kind: str = "mse", beta: float = 1.0,
     if not normalize_embeddings:
         return kernels.masked_target_loss(pred, target, tgt_idx, kind=kind, beta=beta, normalize=normalize_targets,
                                           eps=LN_EPS)
-    tgt = gather_targets(target, tgt_idx, normalize_targets)
-    return elementwise_loss(F.normalize(pred.float(), dim=-1), F.normalize(tgt, dim=-1), kind, beta)
+    return elementwise_loss(pred, gather_targets(target, tgt_idx, normalize_targets), kind, beta, normalize=True)
 
 
 def gather_targets(target, tgt_idx, normalize: bool = True):
@@ -33,7 +32,10 @@ def gather_targets(target, tgt_idx, normalize: bool = True):
     return F.layer_norm(tgt, tgt.shape[-1:], eps=LN_EPS) if normalize else tgt
 
 
-def elementwise_loss(pred, tgt, kind: str, beta: float = 1.0):
+def elementwise_loss(pred, tgt, kind: str, beta: float = 1.0, normalize: bool = False):
+    """Mean loss between ``pred`` and ``tgt``; ``normalize`` compares their L2-normalised features instead."""
+    if normalize:
+        pred, tgt = F.normalize(pred.float(), dim=-1), F.normalize(tgt, dim=-1)
     if kind == "smooth_l1":
         return F.smooth_l1_loss(pred.float(), tgt, beta=beta)
     return F.mse_loss(pred.float(), tgt)

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import yaml
 from torch.profiler import record_function
 
@@ -65,12 +64,11 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype:
 
 
 def build_optimizer(model, optim_cfg) -> torch.optim.AdamW:
-    """AdamW with two groups: weights decay, biases and all 1-D parameters (norms) do not."""
+    """AdamW over the online parameters in two groups: weights decay, biases and norms (all 1-D) do not."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad or name.startswith("target_encoder."):
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    for p in model.online_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "apply_wd": True, "weight_decay": optim_cfg.weight_decay},
               {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
@@ -139,6 +137,7 @@ class Trainer:
         # optimizer is built because FSDP replaces the parameters
         self.online = jdist.wrap_model(self.model, cfg.distributed.strategy, self.dist, device)
         self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.trained_params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.target_encoder = self.model.target_encoder
         if t.compile:
             mode = "max-autotune" if t.compile == "max-autotune" else None
@@ -187,18 +186,15 @@ class Trainer:
         parts = {}
         with record_function("loss"):
             loss = None
-            gathered = None  # layer-normed target blocks, gathered once for all coarser levels
+            gathered = None  # layer-normed target blocks, gathered once for every level that needs them
             for level, (pred, weight) in enumerate(zip(preds, cfg.level_weights)):
-                if level == 0:
-                    lv = prediction_loss(pred, h, tgt_idx, kind, cfg.beta, cfg.normalize_targets,
-                                         cfg.normalize_embeddings)
+                if level == 0 and not cfg.normalize_embeddings:  # the fused kernel: nothing gathered
+                    lv = prediction_loss(pred, h, tgt_idx, kind, cfg.beta, cfg.normalize_targets)
                 else:
                     if gathered is None:
                         gathered = gather_targets(h, tgt_idx, cfg.normalize_targets)
                     tgt = pool_blocks(gathered, batch.block_hw, 2 ** level)
-                    if cfg.normalize_embeddings:
-                        pred, tgt = F.normalize(pred.float(), dim=-1), F.normalize(tgt, dim=-1)
-                    lv = elementwise_loss(pred, tgt, kind, cfg.beta)
+                    lv = elementwise_loss(pred, tgt, kind, cfg.beta, normalize=cfg.normalize_embeddings)
                 if len(preds) > 1:
                     parts[f"loss/level{level}"] = lv.detach()
                 loss = weight * lv if loss is None else loss + weight * lv
@@ -234,7 +230,7 @@ class Trainer:
         with record_function("optimizer"):
             if self.cfg.optim.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.online_parameters(), self.cfg.optim.grad_clip)
+                torch.nn.utils.clip_grad_norm_(self.trained_params, self.cfg.optim.grad_clip)
             if self.scaler.is_enabled():
                 self.scaler.step(self.optimizer)
                 found = self.scaler._found_inf_per_device(self.optimizer)
