@@ -154,7 +154,11 @@ def load_file(path: str | Path, map_location="cpu"):
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Load a training checkpoint with ``weights_only=True``; any problem is a CheckpointError naming the file."""
     path = Path(path)
-    state = load_file(path, map_location)
+    return check_checkpoint(load_file(path, map_location), path)
+
+
+def check_checkpoint(state, path: Path) -> dict:
+    """``state`` (what ``load_file(path)`` returned) if it is a complete training checkpoint, else a CheckpointError."""
     if isinstance(state, dict) and state.get("format") == ENCODER_FORMAT:
         raise CheckpointError(f"{path} is an exported encoder (python -m jepa.export), not a training "
                               "checkpoint: it holds no optimizer or predictor and cannot be resumed")

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from jepa.checkpoint import CheckpointError, atomic_save, atomic_write_text, load_file
-from jepa.config import ConfigError, config_from_dict
+from jepa.config import ConfigError
 from jepa.progress import Progress
 
 log = logging.getLogger("jepa")
@@ -196,12 +196,9 @@ def cached_features(path: Path | None, compute) -> tuple[torch.Tensor, torch.Ten
 
 def load_source(path: Path, encoder: str, device):
     """``(model config, trained encoder, step, checkpoint digest)`` of a training checkpoint or an encoder export."""
-    from jepa.export import encoder_from, read_encoder
+    from jepa.export import encoder_from, read_encoder, saved_config
     enc = read_encoder(path, encoder)
-    try:
-        cfg = config_from_dict(enc["config"])
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: its saved config is not valid for this version of jepa ({e})") from None
+    cfg = saved_config(enc["config"], path)
     return cfg, encoder_from(enc, device, path), enc["step"], file_digest(path)
 
 

@@ -14,19 +14,13 @@ from pathlib import Path
 
 import torch
 
-from jepa.checkpoint import ENCODER_FORMAT, FORMAT, CheckpointError, atomic_save, load_checkpoint, load_file
+from jepa.checkpoint import ENCODER_FORMAT, FORMAT, CheckpointError, atomic_save, check_checkpoint, load_file
 from jepa.config import ConfigError, config_from_dict
+from jepa.models import encoder_spec
 from jepa.models.attention import resolve_backend
 from jepa.models.vit import VisionTransformer
 
 ENCODERS = ("target", "context")
-
-
-def encoder_spec(cfg) -> dict:
-    """Constructor arguments of the encoder ``cfg`` describes."""
-    m, d = cfg.model, cfg.data
-    return {"img_size": d.image_size, "patch_size": m.patch_size, "in_chans": d.channels,
-            "embed_dim": m.embed_dim, "depth": m.depth, "num_heads": m.num_heads, "mlp_ratio": m.mlp_ratio}
 
 
 def encoder_weights(model_state: dict, which: str = "target", source: str | Path = "checkpoint") -> dict:
@@ -53,8 +47,8 @@ def read_encoder(path: str | Path, which: str = "target", map_location="cpu") ->
     if fmt != FORMAT:
         raise CheckpointError(f"{path} is neither a jepa encoder export ('{ENCODER_FORMAT}') nor a training "
                               f"checkpoint ('{FORMAT}')")
-    state = load_checkpoint(path, map_location)
-    cfg = _config(state["config"], path)
+    state = check_checkpoint(raw, path)
+    cfg = saved_config(state["config"], path)
     from jepa.data import normalisation
     mean, std = normalisation(cfg)
     return {"weights": encoder_weights(state["model"], which, path), "spec": encoder_spec(cfg),
@@ -62,7 +56,8 @@ def read_encoder(path: str | Path, which: str = "target", map_location="cpu") ->
             "step": state["step"], "encoder": which}
 
 
-def _config(raw: dict, path: Path):
+def saved_config(raw: dict, path: Path):
+    """The ``Config`` a checkpoint or export saved; a CheckpointError naming ``path`` if it no longer validates."""
     try:
         return config_from_dict(raw)
     except ConfigError as e:
@@ -77,9 +72,7 @@ def export_encoder(checkpoint: str | Path, out: str | Path, which: str = "target
 
 
 def build_from_spec(spec: dict, device="cpu", attention: str = "auto") -> VisionTransformer:
-    backend = resolve_backend(attention, device)
-    return VisionTransformer(spec["img_size"], spec["patch_size"], spec["in_chans"], spec["embed_dim"],
-                             spec["depth"], spec["num_heads"], spec["mlp_ratio"], backend)
+    return VisionTransformer(**spec, attention=resolve_backend(attention, device))
 
 
 def load_encoder(path: str | Path, map_location="cpu", which: str = "target") -> VisionTransformer:

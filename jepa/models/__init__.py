@@ -44,10 +44,15 @@ class JEPA(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("target_encoder.")]
 
 
-def build_encoder(cfg, attention_backend: str = "sdpa") -> VisionTransformer:
+def encoder_spec(cfg) -> dict:
+    """Constructor arguments of the encoder ``cfg`` describes (what an export stores to rebuild it)."""
     m, d = cfg.model, cfg.data
-    return VisionTransformer(d.image_size, m.patch_size, d.channels, m.embed_dim, m.depth, m.num_heads,
-                             m.mlp_ratio, attention_backend)
+    return {"img_size": d.image_size, "patch_size": m.patch_size, "in_chans": d.channels,
+            "embed_dim": m.embed_dim, "depth": m.depth, "num_heads": m.num_heads, "mlp_ratio": m.mlp_ratio}
+
+
+def build_encoder(cfg, attention_backend: str = "sdpa") -> VisionTransformer:
+    return VisionTransformer(**encoder_spec(cfg), attention=attention_backend)
 
 
 def build_model(cfg, device: torch.device | str = "cpu") -> JEPA:
