@@ -900,9 +900,10 @@ def _convert_chunk(x: torch.Tensor, channels: int, size: int) -> torch.Tensor:
 # Download helpers
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
+def file_hash(path: str | os.PathLike, algo: str = "md5", opener=open) -> str:
+    """Hex digest (``hashlib`` algorithm ``algo``) of the bytes ``opener(path, "rb")`` reads, in 1 MiB blocks."""
+    h = hashlib.new(algo)
+    with opener(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -910,17 +911,13 @@ def _md5(path: Path) -> str:
 
 def _checksum_problem(path: Path, md5: str, payload_md5: str | None) -> str | None:
     """None if ``path`` matches the archive MD5 (or its gunzipped payload matches ``payload_md5``)."""
-    actual = _md5(path)
+    actual = file_hash(path)
     if actual == md5:
         return None
     detail = f"expected MD5 {md5}, got {actual}"
     if payload_md5 is not None:
         try:
-            h = hashlib.md5()
-            with gzip.open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            payload = h.hexdigest()
+            payload = file_hash(path, opener=gzip.open)
         except (OSError, EOFError, zlib.error) as exc:
             payload = f"unreadable gzip ({exc})"
         if payload == payload_md5:

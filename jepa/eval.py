@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from jepa.checkpoint import CheckpointError, atomic_save, atomic_write_text, load_file
 from jepa.config import ConfigError
+from jepa.datasets import file_hash
 from jepa.progress import Progress
 
 log = logging.getLogger("jepa")
@@ -159,14 +160,6 @@ def run_protocols(train, test, num_classes: int, protocol: str = "both") -> dict
 # ---------------------------------------------------------------- cache
 
 
-def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cache_path(folder: Path, label: str, key: dict) -> Path:
     """``folder/<label>.<hash of key>.pt``: any change of source, data or feature option is a new file."""
     digest = hashlib.sha256(json.dumps({"v": CACHE_VERSION, **key}, sort_keys=True, default=str).encode())
@@ -199,7 +192,7 @@ def load_source(path: Path, encoder: str, device):
     from jepa.export import encoder_from, read_encoder, saved_config
     enc = read_encoder(path, encoder)
     cfg = saved_config(enc["config"], path)
-    return cfg, encoder_from(enc, device, path), enc["step"], file_digest(path)
+    return cfg, encoder_from(enc, device, path), enc["step"], file_hash(path, "sha256")
 
 
 def random_init_encoder(cfg, device):
