@@ -481,3 +481,17 @@ def test_mixture_get_batch_and_labels():
         MixtureDataset([a, gray], [1, 1])
     with pytest.raises(ValueError, match="positive"):
         MixtureDataset([a, b], [1, 0])
+
+
+def test_checksum_accepts_a_recompressed_archive_by_its_payload(tmp_path):
+    """A .gz whose bytes differ (other gzip settings) passes when the decompressed content has the known MD5."""
+    import hashlib
+
+    payload = bytes(range(256)) * 50
+    path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(payload, mtime=0))
+    payload_md5 = hashlib.md5(payload).hexdigest()
+    assert D._checksum_problem(path, hashlib.md5(path.read_bytes()).hexdigest(), None) is None
+    assert D._checksum_problem(path, "0" * 32, payload_md5) is None
+    problem = D._checksum_problem(path, "0" * 32, "1" * 32)
+    assert f"expected MD5 {'0' * 32}" in problem and f"got {payload_md5}" in problem
