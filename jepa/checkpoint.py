@@ -217,15 +217,14 @@ def set_aside_newer(run_dir: str | Path, step: int) -> list[Path]:
     return moved
 
 
-def prune(run_dir: str | Path, keep_last: int, protect: set[Path] = frozenset()):
-    """Delete all but the newest ``keep_last`` step checkpoints (never one in ``protect``) and stale temp files.
+def prune(run_dir: str | Path, keep_last: int):
+    """Delete all but the newest ``keep_last`` step checkpoints and stale temp files.
 
     ``best.pt`` is a separate file (a hard link), so pruning never removes the best checkpoint.
     """
     folder = Path(run_dir) / "checkpoints"
     for path in list_checkpoints(run_dir)[keep_last:]:
-        if path not in protect:
-            path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
     if folder.is_dir():
         for path in folder.iterdir():
             if _TEMP.match(path.name) and path.is_file():

@@ -108,9 +108,8 @@ class Trainer:
         t = cfg.training
         device = pick_device(t.device)
         self.dist = jdist.init_distributed(cfg.distributed.backend, device.type)
-        if device.type == "cuda" and self.dist.enabled:
+        if device.type == "cuda" and self.dist.enabled:  # init_distributed has set it current
             device = torch.device("cuda", self.dist.local_rank)
-            torch.cuda.set_device(device)
         self.device = device
         self.is_main = self.dist.is_main
         kernels.set_backend(t.kernels)
