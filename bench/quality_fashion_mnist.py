@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
-from jepa.checkpoint import atomic_write_text, find_latest_valid  # noqa: E402
+from jepa.checkpoint import find_latest_valid  # noqa: E402
+from jepa.io import atomic_write_text  # noqa: E402
 from jepa.eval import KNN, LINEAR_PROBE, evaluate, format_table  # noqa: E402
 
 TARGET = {"linear": 0.80, "knn": 0.75}

@@ -46,7 +46,7 @@ import jepa.data  # noqa: E402
 import jepa.models.vit  # noqa: E402
 import jepa.train  # noqa: E402
 from bench import reference_step  # noqa: E402
-from jepa.checkpoint import atomic_write_text  # noqa: E402
+from jepa.io import atomic_write_text  # noqa: E402
 from jepa.config import ConfigError, load_config, parse_overrides  # noqa: E402
 from jepa.models import build_model  # noqa: E402
 from jepa.profiling import PhaseTimer, cpu_has_bf16_matmul, synchronize, top_level_aten_ops  # noqa: E402

@@ -7,16 +7,14 @@ process killed at any instant leaves the previous file intact.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import re
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
+
 
 FORMAT = "jepa-checkpoint-v1"
 ENCODER_FORMAT = "jepa-encoder-v1"
@@ -29,90 +27,6 @@ _TEMP = re.compile(r"^\.(ckpt_step\d+\.pt|best\.pt)\..+\.tmp$")  # our own temp 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, corrupt, truncated or not ours."""
-
-
-def _read_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def fsync_dir(folder: Path):
-    """Make a rename in ``folder`` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _removed_on_error(tmp):
-    """Delete the temp file ``tmp`` if the block fails (or is interrupted), then re-raise."""
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write(path: str | Path, write) -> Path:
-    """Call ``write(binary_file)`` on a temp file next to ``path``, fsync it, rename it over ``path``.
-
-    On any failure (including a crash before the rename) ``path`` keeps its previous
-    content and the temp file is removed (or, after a hard kill, cleaned by ``prune``).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with _removed_on_error(tmp):
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    fsync_dir(path.parent)
-    return path
-
-
-def atomic_save(obj, path: str | Path) -> Path:
-    """``torch.save`` ``obj`` to ``path`` atomically."""
-    return atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def atomic_link(src: str | Path, dst: str | Path) -> Path:
-    """Make ``dst`` an atomic hard link to ``src`` (no extra disk space); copy where links are unsupported."""
-    src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link.tmp")
-    with _removed_on_error(tmp):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        try:
-            os.link(src, tmp)
-        except OSError:
-            return atomic_write(dst, lambda f: _copy_into(src, f))
-        os.replace(tmp, dst)
-    fsync_dir(dst.parent)
-    return dst
-
-
-def _copy_into(src: Path, f):
-    with open(src, "rb") as s:
-        shutil.copyfileobj(s, f)
 
 
 def _first_line(e: Exception) -> str:

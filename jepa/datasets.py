@@ -35,7 +35,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from jepa.checkpoint import fsync_dir
+from jepa.io import fsync_dir
 
 __all__ = [
     "DATASETS",

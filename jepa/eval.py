@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from jepa.checkpoint import CheckpointError, atomic_save, atomic_write_text, load_file
+from jepa.checkpoint import CheckpointError, load_file
 from jepa.config import ConfigError
-from jepa.datasets import file_hash
+from jepa.io import atomic_save, atomic_write_text, file_hash
 from jepa.progress import Progress
 
 log = logging.getLogger("jepa")

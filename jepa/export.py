@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from jepa.checkpoint import ENCODER_FORMAT, FORMAT, CheckpointError, atomic_save, check_checkpoint, load_file
+from jepa.checkpoint import ENCODER_FORMAT, FORMAT, CheckpointError, check_checkpoint, load_file
+from jepa.io import atomic_save
 from jepa.config import ConfigError, config_from_dict
 from jepa.models import encoder_spec
 from jepa.models.attention import resolve_backend

@@ -22,8 +22,8 @@ from torch.profiler import record_function
 
 import kernels
 from jepa import distributed as jdist
-from jepa.checkpoint import (BEST_NAME, FORMAT, CheckpointError, atomic_link, atomic_save, atomic_write_text,
-                             checkpoint_path, find_latest_valid, list_checkpoints, load_checkpoint, prune, set_aside_newer)
+from jepa.io import atomic_link, atomic_save, atomic_write_text
+from jepa.checkpoint import (BEST_NAME, FORMAT, CheckpointError, checkpoint_path, find_latest_valid, list_checkpoints, load_checkpoint, prune, set_aside_newer)
 from jepa.config import Config, ConfigError, add_config_args, config_from_cli
 from jepa.data import Batch, TrainBatches
 from jepa.losses import elementwise_loss, expand_targets, gather_targets, pool_blocks, prediction_loss, vicreg_loss

@@ -5,9 +5,10 @@ import pickle
 import pytest
 import torch
 
-from jepa.checkpoint import (ENCODER_FORMAT, FORMAT, CheckpointError, atomic_save, checkpoint_path,
-                             find_latest_valid, list_checkpoints, load_checkpoint, prune)
+from jepa.checkpoint import (ENCODER_FORMAT, FORMAT, CheckpointError, checkpoint_path, find_latest_valid,
+                             list_checkpoints, load_checkpoint, prune)
 from jepa.config import load_config
+from jepa.io import atomic_save
 from jepa.train import Trainer
 
 SMALL = {"model.embed_dim": "32", "model.depth": "1", "model.num_heads": "2", "model.pred_dim": "16",

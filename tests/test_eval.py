@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from jepa import eval as jeval
-from jepa.checkpoint import atomic_save, checkpoint_path, load_checkpoint
+from jepa.checkpoint import checkpoint_path, load_checkpoint
+from jepa.io import atomic_save
 from jepa.config import load_config
 from jepa.datasets import load_dataset
 from jepa.train import Trainer

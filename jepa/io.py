@@ -1,0 +1,112 @@
+"""Files that are never half-written: atomic writes with fsync, hard links, and file hashes.
+
+Every write goes to a temp file in the target's directory, is flushed and fsynced, then
+renamed over the target, so a process killed at any instant leaves the previous file
+intact. Checkpoints, exports, dataset downloads and reports all write through here.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def fsync_dir(folder: str | Path):
+    """Make a rename in ``folder`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def removed_on_error(tmp: str | Path):
+    """Delete the temp file ``tmp`` if the block fails (or is interrupted), then re-raise."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call ``write(binary_file)`` on a temp file next to ``path``, fsync it, rename it over ``path``.
+
+    On any failure ``path`` keeps its previous content and the temp file (``.NAME.*.tmp``) is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with removed_on_error(tmp):
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return path
+
+
+def atomic_save(obj, path: str | Path) -> Path:
+    """``torch.save`` ``obj`` to ``path`` atomically."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_link(src: str | Path, dst: str | Path) -> Path:
+    """Make ``dst`` an atomic hard link to ``src`` (no extra disk space); copy where links are unsupported."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link.tmp")
+    with removed_on_error(tmp):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            return atomic_write(dst, lambda f: _copy_into(src, f))
+        os.replace(tmp, dst)
+    fsync_dir(dst.parent)
+    return dst
+
+
+def _copy_into(src: Path, f):
+    with open(src, "rb") as s:
+        shutil.copyfileobj(s, f)
+
+
+def file_hash(path: str | os.PathLike, algo: str = "md5", opener=open) -> str:
+    """Hex digest (``hashlib`` algorithm ``algo``) of the bytes ``opener(path, "rb")`` reads, in 1 MiB blocks."""
+    h = hashlib.new(algo)
+    with opener(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
