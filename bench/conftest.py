@@ -1,5 +1,11 @@
 """Shared setup for the kernel benchmarks (``pytest bench/ --benchmark-only``).
 
+The benchmarks are the ``bench_*`` functions of ``bench/bench_kernel_*.py``: names pytest's own
+``python_files``/``python_functions`` (``test_*``) never match, so a plain ``pytest`` (``testpaths =
+tests``), ``pytest .`` or ``pytest bench/`` collects none of them.  The hooks below collect them only
+with ``--benchmark-only``, or when a file is named on the command line.  The other files in bench/
+(``throughput.py``, ``bench_attention.py``, ``bench_masks.py``, ...) are scripts, never collected.
+
 ``JEPA_BENCH_SCALE`` = ``full`` (ViT-B/16 at 224 px, B=128; real ViT-S/B/L parameter lists)
 or ``small`` (B=16; 1/6 of the blocks).  Default: ``full`` on CUDA, ``small`` on CPU.
 ``JEPA_BENCH_THREADS`` sets the CPU thread count (default: torch's).
@@ -7,6 +13,8 @@ On CUDA, gather/loss inputs are bf16 (the AMP training dtype) and all three
 implementations are timed; on CPU, fp32 and only the PyTorch paths.
 """
 import os
+from fnmatch import fnmatch
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -34,6 +42,37 @@ def ijepa_sizes():
 def mask_indices(m, b, k, n, device=DEVICE):
     """Sorted distinct patch indices per (mask, sample), as the I-JEPA mask collator yields."""
     return torch.rand(m, b, n, device=device).argsort(-1)[..., :k].sort(-1).values
+
+
+BENCH_DIR = Path(__file__).resolve().parent
+BENCH_FILES = "bench_kernel_*.py"
+BENCH_FUNCTIONS = "bench_"
+
+
+def is_bench_file(path):
+    return fnmatch(path.name, BENCH_FILES) and path.resolve().parent == BENCH_DIR
+
+
+class BenchModule(pytest.Module):
+    """A kernel benchmark file: its items are the ``bench_*`` functions (not ``python_functions``)."""
+
+    def funcnamefilter(self, name):
+        return name.startswith(BENCH_FUNCTIONS)
+
+
+def pytest_collect_file(file_path, parent):
+    """Collect ``bench_kernel_*.py`` (which ``python_files`` skips) under ``--benchmark-only``."""
+    if (is_bench_file(file_path) and parent.config.getoption("benchmark_only", False)
+            and not parent.session.isinitpath(file_path)):
+        return BenchModule.from_parent(parent, path=file_path)
+    return None
+
+
+def pytest_pycollect_makemodule(module_path, parent):
+    """A benchmark file named on the command line reaches pytest's own collection: make it a BenchModule."""
+    if is_bench_file(module_path):
+        return BenchModule.from_parent(parent, path=module_path)
+    return None
 
 
 def pytest_configure(config):

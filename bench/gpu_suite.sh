@@ -32,8 +32,8 @@ JEPA_REAL_TRITON=1 "$PY" -m pytest tests/kernels tests/test_attention.py -q -rs 
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 echo "== kernel benchmarks =="
-JEPA_BENCH_SCALE="${JEPA_BENCH_SCALE:-full}" "$PY" -m pytest bench/test_bench_copy.py bench/test_bench_gather.py \
-    bench/test_bench_target_loss.py bench/test_bench_ema.py --benchmark-only -q \
+JEPA_BENCH_SCALE="${JEPA_BENCH_SCALE:-full}" "$PY" -m pytest bench/bench_kernel_copy.py bench/bench_kernel_gather.py \
+    bench/bench_kernel_target_loss.py bench/bench_kernel_ema.py --benchmark-only -q \
     --benchmark-json="$OUT/kernels.json" --benchmark-columns=min,median,max,rounds 2>&1 | tee "$OUT/bench.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 

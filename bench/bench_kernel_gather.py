@@ -16,7 +16,7 @@ def _setup(env, requires_grad):
     return s, x, idx
 
 
-def test_gather_forward(run_bench, env, impl):
+def bench_gather_forward(run_bench, env, impl):
     s, x, idx = _setup(env, False)
     fn = (lambda: reference_apply_masks(x, idx)) if impl == "reference" else (lambda: kernels.masked_gather(x, idx))
     rows = s["M"] * s["B"] * s["K"]
@@ -24,7 +24,7 @@ def test_gather_forward(run_bench, env, impl):
     run_bench(fn, nbytes=nbytes, group="gather fwd", impl=impl, **s)
 
 
-def test_gather_forward_backward(run_bench, env, impl):
+def bench_gather_forward_backward(run_bench, env, impl):
     s, x, idx = _setup(env, True)
     rows = s["M"] * s["B"] * s["K"]
     grad = torch.randn(s["M"] * s["B"], s["K"], s["D"], device=env.device, dtype=env.dtype)

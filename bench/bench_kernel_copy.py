@@ -2,7 +2,7 @@
 import torch
 
 
-def test_copy_bandwidth(run_bench, env):
+def bench_copy_bandwidth(run_bench, env):
     numel = (1 << 28) if env.cuda else (1 << 24)  # 1 GiB / 64 MiB of fp32
     src = torch.randn(numel, device=env.device)
     dst = torch.empty_like(src)

@@ -36,7 +36,7 @@ def flat_buffer_ema(target, online, m):
 
 @pytest.mark.impls(extra=("flat_buffer",))
 @pytest.mark.parametrize("model", list(MODELS))
-def test_ema(run_bench, env, model, impl):
+def bench_ema(run_bench, env, model, impl):
     target, online = _params(env, model)
     numel = sum(t.numel() for t in target)
     if impl == "reference":

@@ -25,7 +25,7 @@ def _setup(env):
 
 
 @pytest.mark.parametrize("kind", ["mse", "smooth_l1"])
-def test_target_loss_forward_backward(run_bench, env, impl, kind):
+def bench_target_loss_forward_backward(run_bench, env, impl, kind):
     s, target, pred, idx = _setup(env)
 
     def fn():
@@ -42,7 +42,7 @@ def test_target_loss_forward_backward(run_bench, env, impl, kind):
 
 
 @pytest.mark.impls(exclude=("reference",))
-def test_target_loss_fused_forward(run_bench, env, impl):
+def bench_target_loss_fused_forward(run_bench, env, impl):
     """The fused pass alone (loss partials + gradient), the kernel the % of copy bandwidth is for."""
     s, target, pred, idx = _setup(env)
     fn = lambda: masked_target_loss_op(pred.detach(), target, idx, "mse", 1.0, True, 1e-6, True)  # noqa: E731
