@@ -1,4 +1,4 @@
-"""Multi-block mask sampler for I-JEPA (SPEC §2), vectorised over the batch.
+"""Multi-block mask sampler for I-JEPA (docs/algorithm.md#multi-block-masks), vectorised over the batch.
 
 Design (each point differs from, or pins down, the reference sampler):
 
@@ -43,7 +43,7 @@ __all__ = ["MaskSampler", "block_size", "expected_tokens"]
 
 def block_size(u: float, grid: tuple[int, int], scale: tuple[float, float],
                aspect_ratio: tuple[float, float]) -> tuple[int, int]:
-    """Block ``(bh, bw)`` for one uniform draw ``u`` in [0, 1): the SPEC §2 rule, clamped to the grid."""
+    """Block ``(bh, bw)`` for one uniform draw ``u`` in [0, 1): the reference's rule, clamped to the grid."""
     h, w = grid
     s = scale[0] + u * (scale[1] - scale[0])
     ar = aspect_ratio[0] + u * (aspect_ratio[1] - aspect_ratio[0])

@@ -1,4 +1,4 @@
-"""Per-step schedules of SPEC §4: LR warmup + cosine, weight-decay ramp, linear EMA momentum."""
+"""Per-step schedules (docs/algorithm.md#schedules): LR warmup + cosine, weight-decay ramp, linear EMA momentum."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
-"""Behaviour of the multi-block mask sampler (SPEC §2), including the reference bugs it must not have."""
+"""Behaviour of the multi-block mask sampler (docs/algorithm.md#multi-block-masks), including the reference bugs
+it must not have (docs/deviations.md#multi-block-mask-sampler)."""
 import functools
 import math
 
@@ -26,7 +27,7 @@ def as_bool(idx, n):
 
 @functools.lru_cache(maxsize=None)
 def admissible_sizes(grid, scale, aspect, steps=2 ** 18):
-    """Every ``(bh, bw)`` the SPEC rule gives for u in [0, 1), scale and aspect set by the same u."""
+    """Every ``(bh, bw)`` the block-size rule gives for u in [0, 1), scale and aspect set by the same u."""
     h, w = grid
     u = torch.arange(steps, dtype=torch.float64) / steps
     s = scale[0] + u * (scale[1] - scale[0])

@@ -1,4 +1,4 @@
-"""Fixed 2-D sin-cos position embeddings (SPEC §1: not learned)."""
+"""Fixed 2-D sin-cos position embeddings, not learned (docs/algorithm.md#images-to-patches)."""
 import torch
 
 

@@ -1,4 +1,4 @@
-"""Pre-norm ViT encoder and the narrow JEPA predictor (SPEC §1, §3)."""
+"""Pre-norm ViT encoder and the narrow JEPA predictor (docs/algorithm.md#images-to-patches, #predictor)."""
 from __future__ import annotations
 
 import math
@@ -71,7 +71,10 @@ class Block(nn.Module):
 
 
 def init_weights(module: nn.Module, blocks: nn.ModuleList):
-    """Truncated-normal linears/convs, zero biases, unit LayerNorms, then the depth rescale of SPEC §1."""
+    """Truncated-normal linears/convs, zero biases, unit LayerNorms, then the depth rescale.
+
+    See docs/algorithm.md#initialisation.
+    """
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             nn.init.trunc_normal_(m.weight, std=0.02)
@@ -126,7 +129,7 @@ class VisionTransformer(nn.Module):
 
 
 class Predictor(nn.Module):
-    """Narrow ViT that predicts target-block features from the context (SPEC §3.3).
+    """Narrow ViT that predicts target-block features from the context (docs/algorithm.md#predictor).
 
     ``forward(ctx, ctx_idx, tgt_idx)``: ``ctx`` ``[E·B, Kc, D]`` with ``ctx_idx``
     ``[E, B, Kc]``; ``tgt_idx`` ``[M, B, Kt]``. Returns ``[M·E·B, Kt, D]``, ordered
