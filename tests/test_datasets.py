@@ -106,7 +106,7 @@ def test_cifar10_batches_and_archive(isolated, archive):
     assert torch.equal(te.images, test[0]) and te.labels.tolist() == test[1]
     if archive:
         assert (root / "cifar-10-batches-py" / "data_batch_5").is_file()
-        assert not list(root.rglob("*.part"))
+        assert not list(root.rglob("*.part")) and not list(root.rglob("*.tmp"))
 
     gray = load_dataset("cifar10", "test", root, channels=1)
     luma = (test[0].float() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
