@@ -43,6 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import kernels  # noqa: E402
 import jepa.data  # noqa: E402
+import jepa.device  # noqa: E402
 import jepa.models.vit  # noqa: E402
 import jepa.train  # noqa: E402
 from bench import reference_step  # noqa: E402
@@ -437,7 +438,7 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    device = jepa.train.pick_device(cfg.training.device)
+    device = jepa.device.pick_device(cfg.training.device)
     if args.all:
         if args.reference:
             print("error: --reference and --all do not combine (--all includes a reference row)", file=sys.stderr)

@@ -1,19 +1,26 @@
-"""Checkpoints that never lose work: atomic writes, retention, and finding the newest valid file.
+"""Checkpoints that never lose work: atomic writes, retention, best, resuming, and finding the newest valid file.
 
 A checkpoint is a dict of tensors and Python primitives (no pickled objects), so it
-loads with ``torch.load(..., weights_only=True)``. Every write goes to a temp file in
-the target's directory, is flushed and fsynced, then renamed over the target: a
-process killed at any instant leaves the previous file intact.
+loads with ``torch.load(..., weights_only=True)``; it is written through ``jepa.io``,
+so a process killed at any instant leaves the previous file intact.
 """
 from __future__ import annotations
 
+import logging
+import math
 import os
 import pickle
 import re
+import shlex
 import warnings
 from pathlib import Path
 
 import torch
+
+from jepa import distributed as jdist
+from jepa.io import atomic_link, atomic_save
+
+log = logging.getLogger("jepa")
 
 
 FORMAT = "jepa-checkpoint-v1"
@@ -143,3 +150,100 @@ def prune(run_dir: str | Path, keep_last: int):
         for path in folder.iterdir():
             if _TEMP.match(path.name) and path.is_file():
                 path.unlink(missing_ok=True)
+
+
+class Checkpointer:
+    """A run's checkpoints: step files, the newest ``keep_last`` of them, ``best.pt``, and resuming.
+
+    Rank 0 writes; every rank takes part in a save (FSDP gathers collectively) and in resuming.
+    Lower metrics are better (the epoch loss, or minus the k-NN accuracy).
+    """
+
+    def __init__(self, run_dir: str | Path, keep_last: int, dist):
+        self.run_dir = Path(run_dir)
+        self.keep_last = keep_last
+        self.dist = dist
+        self.best_metric = math.inf
+        self.saved_step: int | None = None  # the step this process wrote last: saving it again is a no-op
+
+    def save(self, step: int, state_dict, metric: float | None = None, collective: bool = False) -> Path:
+        """Atomically write step ``step``'s checkpoint (``state_dict()`` is called only when needed), prune, link best.
+
+        ``collective``: every rank must call ``state_dict()`` (FSDP gathers the shards).
+        """
+        path = checkpoint_path(self.run_dir, step)
+        is_best = metric is not None and metric < self.best_metric
+        if is_best:
+            self.best_metric = metric
+        state = state_dict() if collective else None
+        if self.dist.is_main:
+            if not (self.saved_step == step and path.is_file()):
+                atomic_save(state if state is not None else state_dict(), path)
+                self.saved_step = step
+            if is_best:
+                atomic_link(path, path.parent / BEST_NAME)
+            prune(self.run_dir, self.keep_last)
+        jdist.barrier(self.dist)
+        return path
+
+    def restore(self, resume: str | None, config: dict, data_stream: dict) -> dict | None:
+        """The state to continue from: ``resume`` is a file, ``auto`` (the newest valid checkpoint) or None.
+
+        Without ``resume`` a run dir that already holds checkpoints is refused, so a repeated command never
+        overwrites or prunes another run's checkpoints. Checkpoints newer than the one resumed are set aside.
+        """
+        if not resume:
+            existing = list_checkpoints(self.run_dir)
+            if existing:
+                raise CheckpointError(f"{self.run_dir} already holds checkpoints (newest: {existing[0].name}); "
+                                      "continue that run with --resume auto, or give a new run another --run-dir")
+            return None
+        if resume == "auto":
+            path, state = find_latest_valid(self.run_dir, warn=log.warning) if self.dist.is_main else (None, None)
+            path = jdist.broadcast_object(path, self.dist)  # every rank resumes from the file rank 0 chose
+            if path is None:
+                log.info("--resume auto: no valid checkpoint in %s, starting fresh", self.run_dir / "checkpoints")
+                self._set_aside_newer(0)
+                return None
+            if state is None:
+                state = load_checkpoint(path)
+        else:
+            path, state = Path(resume), load_checkpoint(resume)
+        self._check_compatible(path, state, config, data_stream)
+        self.best_metric = state.get("best_metric", math.inf)
+        jdist.barrier(self.dist)  # every rank has read the file before rank 0 moves newer ones
+        self._set_aside_newer(state["step"])
+        if self.dist.is_main:
+            log.info("resumed from %s at step %d (epoch %d, batch %d)", path, state["step"], state["epoch"],
+                     state["batch_in_epoch"])
+        return state
+
+    def _check_compatible(self, path: Path, state: dict, config: dict, data_stream: dict):
+        """Refuse another model or mask setting; warn when the data stream or schedule differ."""
+        saved = state["config"]
+        for key in ("model", "masks"):
+            if saved.get(key) != config[key]:
+                changed = sorted(k for k in config[key] if saved.get(key, {}).get(k) != config[key][k])
+                raise CheckpointError(f"{path} was written with a different '{key}' config section "
+                                      f"({', '.join(f'{key}.{k}' for k in changed)}); resume with the run's own "
+                                      f"config ({self.run_dir / 'config.yaml'})")
+        stream = state.get("data_stream", {})
+        changed = [f"{k} {stream[k]} -> {v}" for k, v in data_stream.items() if k in stream and stream[k] != v]
+        if changed and self.dist.is_main:
+            log.warning("resuming %s with a different data stream or schedule (%s): training continues, but not "
+                        "as the uninterrupted run would", path, ", ".join(changed))
+
+    def _set_aside_newer(self, step: int):
+        if self.dist.is_main:
+            moved = set_aside_newer(self.run_dir, step)
+            if moved:
+                log.warning("moved %d checkpoint(s) newer than step %d out of the way (kept, not deleted): %s",
+                            len(moved), step, ", ".join(str(p) for p in moved))
+
+    def resume_command(self, stop_at_step_set: bool) -> str:
+        """The command line that continues this run."""
+        cmd = ["python", "-m", "jepa.train", "--config", str(self.run_dir / "config.yaml"),
+               "--run-dir", str(self.run_dir), "--resume", "auto"]
+        if stop_at_step_set:
+            cmd += ["--training.stop_at_step", "null"]
+        return shlex.join(cmd)

@@ -11,15 +11,16 @@ import difflib
 import math
 import sys
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import yaml
 
+from jepa.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A config key is unknown, of the wrong type or out of range."""
+
 
 
 MODEL_SIZES = {
@@ -87,6 +88,10 @@ class MaskConfig:
     allow_overlap: bool = False
 
 
+VICREG_DEFAULTS = {"vicreg_weight": 0.1, "vicreg_var_weight": 25.0, "vicreg_cov_weight": 25.0,
+                   "vicreg_inv_weight": 1.0}
+
+
 @dataclass
 class LossConfig:
     type: str = "mse"  # mse|smooth_l1|combined
@@ -95,10 +100,11 @@ class LossConfig:
     normalize_targets: bool = True  # layer_norm without affine on target features
     normalize_embeddings: bool = False  # L2-normalise predictions and targets
     level_weights: Optional[list[float]] = None  # default 1, 0.5, 0.25, 0.125
-    vicreg_weight: Optional[float] = None  # default 0.1 when type is combined
-    vicreg_var_weight: Optional[float] = None  # default 25
-    vicreg_cov_weight: Optional[float] = None  # default 25
-    vicreg_inv_weight: Optional[float] = None  # default 1
+    # VICReg term of the combined loss; null means VICREG_DEFAULTS, filled in when loss.type is combined
+    vicreg_weight: Optional[float] = None
+    vicreg_var_weight: Optional[float] = None
+    vicreg_cov_weight: Optional[float] = None
+    vicreg_inv_weight: Optional[float] = None
 
 
 @dataclass
@@ -388,10 +394,15 @@ def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
     _check(len(ls.level_weights) == m.num_hierarchies, "loss.level_weights",
            f"must have model.num_hierarchies={m.num_hierarchies} values, got {ls.level_weights}")
     _check(all(w >= 0 for w in ls.level_weights), "loss.level_weights", f"must be >= 0, got {ls.level_weights}")
-    vic = ("vicreg_weight", "vicreg_var_weight", "vicreg_cov_weight", "vicreg_inv_weight")
-    for key in vic:
+    for key, default in VICREG_DEFAULTS.items():
         val = getattr(ls, key)
         _check(val is None or val >= 0, f"loss.{key}", f"must be >= 0 or null, got {val}")
+        if ls.type == "combined" and val is None:
+            setattr(ls, key, default)
+    unused = [f"loss.{k}" for k in VICREG_DEFAULTS if ls.type != "combined" and getattr(ls, k) is not None]
+    if unused:
+        warnings.warn(f"{', '.join(unused)} set but loss.type is '{ls.type}': they are ignored "
+                      "(set loss.type: combined to use the VICReg term)", UserWarning, stacklevel=2)
 
     o = cfg.optim
     for key in ("lr", "start_lr", "final_lr", "weight_decay", "final_weight_decay", "warmup_epochs", "grad_clip"):
@@ -546,4 +557,6 @@ def config_from_dict(raw: dict) -> Config:
     """Rebuild a Config saved with ``to_dict`` (checkpoints, exports)."""
     raw = dict(raw)
     raw.pop("__source__", None)
-    return validate(_build(Config, raw))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the run warned when it started; a reader need not
+        return validate(_build(Config, raw))

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from jepa.config import ConfigError
+from jepa.errors import ConfigError
 
 _CPU_GROUPS: dict[int, object] = {}
 

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from jepa.checkpoint import CheckpointError, load_file
-from jepa.config import ConfigError
+from jepa.device import pick_device
+from jepa.errors import ConfigError
 from jepa.io import atomic_save, atomic_write_text, file_hash
 from jepa.progress import Progress
 
@@ -273,63 +274,6 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- monitor during training
-
-
-def monitor_data(cfg, seed: int):
-    """Fixed labelled subsets (``eval.max_train`` train, ``eval.max_test`` test images) for the k-NN monitor."""
-    from jepa.data import mix_seed
-    from jepa.datasets import load_dataset
-    d = cfg.data
-    if d.mix:
-        raise ValueError("the k-NN monitor needs one labelled dataset; data.mix is set")
-    load = dict(channels=d.channels, image_size=d.image_size)
-    train = load_dataset(d.dataset, "train", d.root, **load)
-    test = load_dataset(d.dataset, "test", d.root, **load)
-    g = torch.Generator().manual_seed(mix_seed(seed, 1729))
-    picks = []
-    for ds, n in ((train, cfg.eval.max_train), (test, cfg.eval.max_test)):
-        labelled = (ds.labels >= 0).nonzero().squeeze(1)
-        if labelled.numel() == 0:
-            raise ValueError(f"dataset '{d.dataset}' split '{ds.split}' has no labels")
-        picks.append(labelled[torch.randperm(labelled.numel(), generator=g)[:n]].sort().values)
-    return train, test, picks
-
-
-def knn_monitor(trainer) -> float | None:
-    """k-NN top-1 of the training encoder on fixed subsets (``eval`` config); None where it cannot run.
-
-    Runs on rank 0 only, without grad, with its own generator: the training RNG,
-    weights and data stream are untouched, so resumed runs stay exact.
-    """
-    if not trainer.is_main:
-        return None
-    cfg = trainer.cfg
-    data = getattr(trainer, "_knn_monitor_data", None)
-    if data is None:
-        try:
-            data = monitor_data(cfg, cfg.training.seed)
-        except (FileNotFoundError, ValueError) as e:
-            log.warning("k-NN monitor disabled: %s", e)
-            data = False
-        trainer._knn_monitor_data = data
-    if data is False:
-        return None
-    train, test, (train_idx, test_idx) = data
-    t0 = time.time()
-    from jepa.data import normalisation
-    from jepa.transforms import EvalTransform
-    transform = EvalTransform(cfg.data.image_size, *normalisation(cfg))
-    encoder = trainer.target_encoder if cfg.eval.encoder == "target" else trainer.model.context_encoder
-    feats = [extract_features(encoder, ds, transform, cfg.eval.features, cfg.data.batch_size, trainer.device, idx,
-                              amp_dtype=trainer.amp_dtype) for ds, idx in ((train, train_idx), (test, test_idx))]
-    acc = knn_accuracy(feats[0][0], feats[0][1], feats[1][0], feats[1][1], train.num_classes, cfg.eval.knn_k,
-                       cfg.eval.knn_temperature)
-    log.info("k-NN monitor after epoch %d: top-1 %.2f %% (%d train / %d test images, %.1fs)", trainer.epoch,
-             100 * acc, len(train_idx), len(test_idx), time.time() - t0)
-    return acc
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jepa.eval", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="training checkpoint or exported encoder (.pt)")
@@ -356,7 +300,6 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     try:
-        from jepa.train import pick_device
         device = str(pick_device(args.device))
         report = evaluate(args.checkpoint, args.dataset, args.protocol, args.encoder, args.features, args.baselines,
                           args.data_root, args.train_subset, args.test_subset, args.test_split, args.batch_size,

@@ -47,6 +47,23 @@ def trace_profiler(out_dir: str | Path, wait: int, warmup: int, active: int, dev
         record_shapes=True, profile_memory=True, with_stack=False)
 
 
+@contextlib.contextmanager
+def step_profiler(enabled: bool, p, out_dir: str | Path, device: torch.device, rank: int = 0):
+    """``with`` block yielding a started ``trace_profiler`` (``p``: the profiling config), or None when disabled."""
+    if not enabled:
+        yield None
+        return
+    prof = trace_profiler(out_dir, p.wait, p.warmup, p.active, device, worker_name=f"rank{rank}")
+    prof.start()
+    if rank == 0:
+        log.info("profiling %d steps after %d; traces in %s (tensorboard --logdir %s)", p.active, p.wait + p.warmup,
+                 out_dir, out_dir)
+    try:
+        yield prof
+    finally:
+        prof.stop()
+
+
 def synchronize(device: torch.device | str):
     device = torch.device(device)
     if device.type == "cuda":

@@ -93,7 +93,7 @@ def ema_update_torch_(
 
     Same-dtype fp32/fp64 pairs go through one ``torch._foreach_lerp_`` (grouped by device
     and dtype); fp16/bf16 or mixed pairs are done per tensor in fp32.  Measured with
-    bench/test_bench_ema.py on a 2-core CPU VM (1 thread, ViT-B lists, 85M fp32 params):
+    bench/bench_kernel_ema.py on a 2-core CPU VM (1 thread, ViT-B lists, 85M fp32 params):
     ``_foreach_lerp_`` 18.9 ms, flat-buffer lerp (cat, lerp, copy back) 620 ms, reference
     ``mul_``/``add_`` loop 69 ms (ViT-L, 302M: 63 / 1179 / 259 ms); so ``_foreach_lerp_``.
     A flat lerp only wins if the parameters already live in one buffer, which we don't own.

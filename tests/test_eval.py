@@ -139,23 +139,23 @@ def test_knn_monitor_touches_neither_rng_nor_weights(tmp_path):
     trainer = Trainer(cfg, run_dir=tmp_path)
     rng = torch.get_rng_state()
     weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    acc = jeval.knn_monitor(trainer)
+    acc = trainer.knn_monitor(trainer.model, trainer.epoch)
     assert 0.1 < acc <= 1.0
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(v, weights[k]) for k, v in trainer.model.state_dict().items())
     assert trainer.model.target_encoder.training == trainer.model.context_encoder.training
-    train_idx, test_idx = trainer._knn_monitor_data[2]
+    train_idx, test_idx = trainer.knn_monitor.data[2]
     assert len(train_idx) == 200 and len(test_idx) == 50
-    assert jeval.knn_monitor(trainer) == acc  # the same fixed subsets every epoch
+    assert trainer.knn_monitor(trainer.model, trainer.epoch) == acc  # the same fixed subsets every epoch
 
 
 def test_knn_monitor_during_training_picks_best_checkpoint(tmp_path, monkeypatch):
     cfg = load_config(None, {**SMALL, "training.epochs": "3", "eval.every_epochs": "1", "eval.max_train": "200",
                              "eval.max_test": "50", "checkpoint.monitor": "knn", "checkpoint.keep_last": "1"})
     seen = []
-    real = jeval.knn_monitor
-    monkeypatch.setattr(jeval, "knn_monitor", lambda tr: seen.append((tr.step, real(tr))) or seen[-1][1])
     trainer = Trainer(cfg, run_dir=tmp_path)
+    real = trainer.knn_monitor
+    trainer.knn_monitor = lambda model, epoch: seen.append((trainer.step, real(model, epoch))) or seen[-1][1]
     trainer.train()
     assert [s for s, _ in seen] == [4, 8, 12]
     best_step, best_acc = max(seen, key=lambda s: (s[1], -s[0]))

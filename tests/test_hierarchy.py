@@ -1,5 +1,5 @@
-"""H-JEPA levels (SPEC §5) and the combined VICReg loss (SPEC §6): pooling, parity with pure I-JEPA, gradients,
-the target side, logging and config errors."""
+"""H-JEPA levels and the combined VICReg loss (docs/algorithm.md, "H-JEPA levels" and "Combined loss"): pooling,
+parity with pure I-JEPA, gradients, the target side, logging and config errors."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -208,7 +208,7 @@ def test_unknown_loss_type_lists_the_valid_ones():
     assert all(name in msg for name in ("mse", "smooth_l1", "combined"))
 
 
-# ------------------------------------------------------------------ combined loss (SPEC §6)
+# ------------------------------------------------------------------ combined loss (VICReg term)
 
 
 def test_vicreg_loss_on_a_hand_made_example():

@@ -1,4 +1,4 @@
-"""The trainer end to end on real Fashion-MNIST data, and the order of one step (SPEC §4)."""
+"""The trainer end to end on real Fashion-MNIST data, and the order of one step (docs/algorithm.md#one-training-step)."""
 import logging
 import math
 
@@ -184,7 +184,7 @@ def test_cpu_with_bf16_instructions_gets_a_precision_hint(tmp_path, caplog, monk
     monkeypatch.setattr("jepa.train.cpu_has_bf16_matmul", lambda: has_bf16)
     trainer = Trainer(small_cfg(**{"training.precision": precision, "training.device": "cpu"}), run_dir=tmp_path)
     with caplog.at_level(logging.INFO, logger="jepa"):
-        trainer._log_start()
+        trainer.log_start()
     hints = [r for r in caplog.records if "--training.precision bf16" in r.getMessage()]
     assert len(hints) == int(hinted)
 

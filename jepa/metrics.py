@@ -1,0 +1,67 @@
+"""Where a run's numbers go: the progress line, TensorBoard scalars, mask statistics and images/s."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from jepa import distributed as jdist
+from jepa.progress import Progress
+
+
+def target_std(h: torch.Tensor) -> torch.Tensor:
+    """Mean over dimensions of the batch std of the token-mean target embeddings: falls towards 0 on collapse."""
+    return h.detach().float().mean(dim=1).std(dim=0).mean()
+
+
+class TrainLogger:
+    """Every ``logging.log_every`` steps: means over ranks to the progress line and TensorBoard (rank 0)."""
+
+    def __init__(self, cfg, run_dir: Path, dist, device, mask_stats, images_per_step: int, start_step: int = 0):
+        self.log_every, self.show_progress = cfg.logging.log_every, dist.is_main and cfg.logging.progress
+        self.dist, self.device, self.mask_stats = dist, device, mask_stats
+        self.images_per_step = images_per_step
+        self.writer = None
+        if dist.is_main and cfg.logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
+        self.progress = None
+
+    def start(self, step: int, total_steps: int):
+        self.total_steps = total_steps
+        self.progress = Progress(total_steps, initial=step, enabled=self.show_progress)
+        self.last_t, self.last_step = time.time(), step
+
+    def due(self, step: int) -> bool:
+        self.progress.update(step)
+        return step % self.log_every == 0 or step == self.total_steps
+
+    def log(self, step: int, metrics: dict):
+        """Reduce the tensors of ``metrics`` and the mask statistics over ranks and write them with images/s."""
+        now = time.time()
+        ips = (step - self.last_step) * self.images_per_step / max(now - self.last_t, 1e-9)
+        self.last_t, self.last_step = now, step
+        stats = self.mask_stats.summary()
+        per_rank = {k: v for k, v in metrics.items() if torch.is_tensor(v)}
+        per_rank.update({f"masks/{k}": v for k, v in stats.items()})
+        reduced = jdist.mean_over_ranks(per_rank, self.dist, self.device)
+        scalars = {k: reduced.get(k, v) for k, v in metrics.items()}
+        scalars["images_per_s"] = ips
+        if not self.dist.is_main:
+            return
+        self.progress.set_postfix(loss=scalars["loss"], lr=scalars["lr"], ema=scalars["momentum"], ips=ips)
+        for k, v in scalars.items():
+            self.scalar(k if "/" in k else f"train/{k}", v, step)
+        for k in stats:
+            self.scalar(f"masks/{k}", reduced[f"masks/{k}"], step)
+
+    def scalar(self, tag: str, value: float, step: int):
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step)
+
+    def close(self):
+        if self.progress is not None:
+            self.progress.close()
+        if self.writer is not None:
+            self.writer.flush()
