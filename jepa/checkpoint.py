@@ -12,6 +12,7 @@ import os
 import pickle
 import re
 import shlex
+import sys
 import warnings
 from pathlib import Path
 
@@ -240,10 +241,15 @@ class Checkpointer:
                 log.warning("moved %d checkpoint(s) newer than step %d out of the way (kept, not deleted): %s",
                             len(moved), step, ", ".join(str(p) for p in moved))
 
-    def resume_command(self, stop_at_step_set: bool) -> str:
-        """The command line that continues this run."""
+    def resume_command(self, stop_at_step: int | None) -> str:
+        """The command line that continues this run (past ``training.stop_at_step`` when one is set)."""
         cmd = ["python", "-m", "jepa.train", "--config", str(self.run_dir / "config.yaml"),
                "--run-dir", str(self.run_dir), "--resume", "auto"]
-        if stop_at_step_set:
+        if stop_at_step is not None:
             cmd += ["--training.stop_at_step", "null"]
         return shlex.join(cmd)
+
+    def tell_how_to_resume(self, why: str, path: Path, step: int, total_steps: int, stop_at_step: int | None):
+        if self.dist.is_main:
+            print(f"\n{why} after step {step}/{total_steps}; checkpoint {path} written. Resume with:\n"
+                  f"  {self.resume_command(stop_at_step)}", file=sys.stderr)

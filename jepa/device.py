@@ -5,7 +5,10 @@ from typing import Literal
 
 import torch
 
+import kernels
+from jepa import distributed as jdist
 from jepa.errors import ConfigError
+from jepa.profiling import tune_cpu_allocator
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = Precision.__args__
@@ -34,3 +37,19 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return DTYPES[name]
+
+
+def setup_process(cfg) -> tuple[torch.device, jdist.DistInfo]:
+    """This process's device and process group, kernels backend, determinism, seed and CPU allocator."""
+    t = cfg.training
+    device = pick_device(t.device)
+    dist = jdist.init_distributed(cfg.distributed.backend, device.type)
+    if device.type == "cuda" and dist.enabled:  # init_distributed has set it current
+        device = torch.device("cuda", dist.local_rank)
+    kernels.set_backend(t.kernels)
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True)
+    torch.manual_seed(t.seed)
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    return device, dist

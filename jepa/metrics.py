@@ -1,13 +1,18 @@
 """Where a run's numbers go: the progress line, TensorBoard scalars, mask statistics and images/s."""
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import torch
 
+import kernels
 from jepa import distributed as jdist
+from jepa.profiling import cpu_has_bf16_matmul
 from jepa.progress import Progress
+
+log = logging.getLogger("jepa")
 
 
 def target_std(h: torch.Tensor) -> torch.Tensor:
@@ -65,3 +70,21 @@ class TrainLogger:
             self.progress.close()
         if self.writer is not None:
             self.writer.flush()
+
+
+def log_run_start(trainer):
+    """What a run is about to do: device, precision, kernels, processes, global batch, steps, parameters."""
+    if not trainer.is_main:
+        return
+    cfg, dist = trainer.cfg, trainer.dist
+    n_params = sum(p.numel() for p in trainer.model.online_parameters())
+    log.info("device %s, precision %s, kernels %s, world size %d%s", trainer.device,
+             str(trainer.amp_dtype).replace("torch.", ""), kernels.backend(), dist.world_size,
+             f" ({cfg.distributed.strategy}, {torch.distributed.get_backend()})" if dist.enabled else "")
+    log.info("global batch %d (per-process batch %d x %d processes x %d accumulation steps); lr as configured",
+             trainer.global_batch, cfg.data.batch_size, dist.world_size, cfg.training.accum_steps)
+    log.info("%d steps (%d epochs x %d steps), %.2fM trainable parameters, run dir %s", trainer.total_steps,
+             cfg.training.epochs, trainer.steps_per_epoch, n_params / 1e6, trainer.run_dir)
+    if trainer.device.type == "cpu" and cfg.training.precision == "auto" and cpu_has_bf16_matmul():
+        log.info("this CPU has bf16 matrix instructions: --training.precision bf16 is usually much faster "
+                 "here (docs/performance.md, 'bf16 on CPU')")

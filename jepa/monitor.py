@@ -43,6 +43,11 @@ class KnnMonitor:
         self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
         self.data = None  # (train, test, (train_idx, test_idx)) once loaded; False if unavailable
 
+    def due(self, epoch: int) -> bool:
+        """Whether the monitor runs after ``epoch`` (every ``eval.every_epochs``; 0 never)."""
+        every = self.cfg.eval.every_epochs
+        return bool(every) and epoch % every == 0
+
     def __call__(self, model, epoch: int) -> float | None:
         cfg = self.cfg
         if self.data is None:

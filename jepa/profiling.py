@@ -47,11 +47,16 @@ def trace_profiler(out_dir: str | Path, wait: int, warmup: int, active: int, dev
         record_shapes=True, profile_memory=True, with_stack=False)
 
 
+class _NoProfiler:
+    def step(self):
+        pass
+
+
 @contextlib.contextmanager
 def step_profiler(enabled: bool, p, out_dir: str | Path, device: torch.device, rank: int = 0):
-    """``with`` block yielding a started ``trace_profiler`` (``p``: the profiling config), or None when disabled."""
+    """``with`` block yielding a started ``trace_profiler`` (``p``: the profiling config); disabled, a no-op stand-in."""
     if not enabled:
-        yield None
+        yield _NoProfiler()
         return
     prof = trace_profiler(out_dir, p.wait, p.warmup, p.active, device, worker_name=f"rank{rank}")
     prof.start()

@@ -22,14 +22,15 @@ from jepa import distributed as jdist
 from jepa.checkpoint import FORMAT, CheckpointError, Checkpointer
 from jepa.config import Config, ConfigError, add_config_args, config_from_cli
 from jepa.data import Batch, TrainBatches
-from jepa.device import pick_device, pick_precision
+from jepa.device import pick_precision, setup_process
 from jepa.io import atomic_write_text
 from jepa.losses import JEPALoss
 from jepa.masks import MaskStats
-from jepa.metrics import TrainLogger, target_std
-from jepa.models import build_model
+from jepa.metrics import TrainLogger, log_run_start, target_std
+from jepa.models import build_model, compile_model
 from jepa.monitor import KnnMonitor
-from jepa.profiling import cpu_has_bf16_matmul, step_profiler, tune_cpu_allocator
+from jepa.optim import build_optimizer, clip_and_step, set_schedule
+from jepa.profiling import step_profiler
 from jepa.schedules import build_schedules
 from jepa.signals import StopOnSignal
 
@@ -38,17 +39,6 @@ log = logging.getLogger("jepa")
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept as it was."""
-
-
-def build_optimizer(model, optim_cfg) -> torch.optim.AdamW:
-    """AdamW over the online parameters in two groups: weights decay, biases and norms (all 1-D) do not."""
-    decay, no_decay = [], []
-    for p in model.online_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "apply_wd": True, "weight_decay": optim_cfg.weight_decay},
-              {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
 
 
 def mark_token_counts_dynamic(batch: Batch):
@@ -72,22 +62,13 @@ class Trainer:
                  profile: bool = False, dataset=None):
         self.cfg = cfg
         t = cfg.training
-        device = pick_device(t.device)
-        self.dist = jdist.init_distributed(cfg.distributed.backend, device.type)
-        if device.type == "cuda" and self.dist.enabled:  # init_distributed has set it current
-            device = torch.device("cuda", self.dist.local_rank)
+        device, self.dist = setup_process(cfg)
         self.device, self.is_main = device, self.dist.is_main
-        kernels.set_backend(t.kernels)
-        if t.deterministic:
-            torch.use_deterministic_algorithms(True)
-        torch.manual_seed(t.seed)
-        if device.type == "cpu":
-            tune_cpu_allocator()
-
         self.model = build_model(cfg, device)
         self.loss_fn = JEPALoss(cfg.loss)
         self.data = TrainBatches(cfg, dataset, self.dist.rank, self.dist.world_size, pin_memory=device.type == "cuda")
         self.mask_stats = MaskStats()  # from the batches received: the sampler may run in DataLoader workers
+        self.global_batch = cfg.data.batch_size * t.accum_steps * self.dist.world_size  # images per optimizer step
         self.steps_per_epoch = self.data.batches_per_epoch // t.accum_steps
         if self.steps_per_epoch < 1:
             raise ConfigError(f"training.accum_steps={t.accum_steps} needs at least that many batches per epoch, "
@@ -102,10 +83,7 @@ class Trainer:
         self.trained_params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.target_encoder = self.model.target_encoder
         if t.compile:
-            # the online forward as one graph with symbolic token counts; the target encoder sees whole images
-            mode = "max-autotune" if t.compile == "max-autotune" else None
-            self.model.compile(mode=mode)
-            self.target_encoder.compile(mode=mode)
+            compile_model(self.model, t.compile)
         self.ema_pairs = (list(self.model.target_encoder.parameters()), list(self.model.context_encoder.parameters()))
 
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0  # steps done; loader batches of ``epoch`` consumed
@@ -120,8 +98,7 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        self.logger = TrainLogger(cfg, self.run_dir, self.dist, device, self.mask_stats, self.global_batch(),
-                                  self.step)
+        self.logger = TrainLogger(cfg, self.run_dir, self.dist, device, self.mask_stats, self.global_batch, self.step)
         self.knn_monitor = KnnMonitor(cfg, device, self.amp_dtype)
         self.profile = profile or cfg.profiling.enabled
 
@@ -145,10 +122,7 @@ class Trainer:
     def train_step(self, micro_batches: list[Batch]) -> dict[str, torch.Tensor]:
         """One optimizer step over ``accum_steps`` micro-batches, then the EMA update."""
         lr, wd = self.schedules.lr_at(self.step), self.schedules.wd_at(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-            if group["apply_wd"]:
-                group["weight_decay"] = wd
+        set_schedule(self.optimizer, lr, wd)
         n = len(micro_batches)
         total = torch.zeros((), device=self.device)
         parts: dict[str, torch.Tensor] = {}  # per-micro-batch metrics, averaged over the step
@@ -162,30 +136,17 @@ class Trainer:
             for key, value in micro.items():
                 parts[key] = parts.get(key, 0.0) + value / n
         with record_function("optimizer"):
-            self.optimizer_step(total)
+            finite = clip_and_step(self.optimizer, self.scaler, self.trained_params, self.cfg.optim.grad_clip)
+        if finite is None:
+            self.nonfinite |= ~torch.isfinite(total)
+        else:
+            self.skipped_steps += ~finite  # the fp16 scaler skipped the step: counted, not fatal
         self.step += 1
         momentum = self.schedules.momentum_at(self.step)
         with record_function("ema"):
             kernels.ema_update_(*jdist.local_shard_pairs(*self.ema_pairs), momentum)
         parts.update({"loss": total, "lr": lr, "wd": wd, "momentum": momentum})
         return parts
-
-    def optimizer_step(self, loss: torch.Tensor):
-        """Clip, step (fp16: the scaler skips steps with non-finite gradients and counts them), zero the grads."""
-        clip = self.cfg.optim.grad_clip
-        if clip > 0 or self.scaler.is_enabled():
-            self.scaler.unscale_(self.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(self.trained_params, clip) if clip > 0 else None
-        if self.scaler.is_enabled():
-            if norm is None:
-                norm = torch.nn.utils.get_total_norm([p.grad for p in self.trained_params if p.grad is not None])
-            self.skipped_steps += ~torch.isfinite(norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-            self.nonfinite |= ~torch.isfinite(loss)
-        self.optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ the loop
 
@@ -213,23 +174,21 @@ class Trainer:
 
     def train(self) -> dict:
         t0, stop_at = time.time(), self.cfg.training.stop_at_step
-        result = {"stopped": "completed"}
         if self.step >= self.total_steps and self.epoch >= self.cfg.training.epochs:
-            result["stopped"] = "already complete"
+            stopped = "already complete"
         elif stop_at is not None and self.step >= stop_at:
-            result["stopped"] = f"stop_at_step {stop_at} (already reached)"
+            stopped = f"stop_at_step {stop_at} (already reached)"
         else:
-            self.log_start()
+            log_run_start(self)
             self.logger.start(self.step, self.total_steps)
             stop = StopOnSignal(lambda: self.step + 1, self.run_dir / "checkpoints", announce=self.is_main)
             with stop, step_profiler(self.profile, self.cfg.profiling, self.run_dir / "profile", self.device,
                                      self.dist.rank) as profiler:
                 try:
-                    result["stopped"] = self.loop(stop, profiler)
+                    stopped = self.loop(stop, profiler)
                 finally:
                     self.logger.close()
-        result.update(step=self.step, seconds=time.time() - t0, run_dir=str(self.run_dir))
-        return result
+        return {"stopped": stopped, "step": self.step, "seconds": time.time() - t0, "run_dir": str(self.run_dir)}
 
     def loop(self, stop: StopOnSignal, profiler) -> str:
         """Steps until the run ends, ``training.stop_at_step`` or a signal; returns why it stopped."""
@@ -241,8 +200,7 @@ class Trainer:
             metrics = self.train_step(group)
             self.epoch_loss += metrics["loss"]
             self.epoch_n += 1
-            if profiler is not None:
-                profiler.step()
+            profiler.step()
             if self.logger.due(self.step):
                 self.check_finite()
                 if self.scaler.is_enabled():
@@ -264,8 +222,7 @@ class Trainer:
         self.epoch_loss, self.epoch_n = torch.zeros((), device=self.device), 0
         self.logger.scalar("train/epoch_loss", mean, self.step)
         metric = mean if self.cfg.checkpoint.monitor == "loss" else None
-        every = self.cfg.eval.every_epochs
-        if every and self.is_main and self.epoch % every == 0:
+        if self.knn_monitor.due(self.epoch) and self.is_main:
             acc = self.knn_monitor(self.model, self.epoch)
             if acc is not None:
                 self.logger.scalar("eval/knn_top1", acc, self.step)
@@ -274,24 +231,6 @@ class Trainer:
         every = self.cfg.checkpoint.every_epochs
         if self.epoch >= self.cfg.training.epochs or (every and self.epoch % every == 0):
             self.save_checkpoint(metric=metric)
-
-    def global_batch(self) -> int:
-        return self.cfg.data.batch_size * self.cfg.training.accum_steps * self.dist.world_size
-
-    def log_start(self):
-        if not self.is_main:
-            return
-        n_params = sum(p.numel() for p in self.model.online_parameters())
-        log.info("device %s, precision %s, kernels %s, world size %d%s", self.device,
-                 str(self.amp_dtype).replace("torch.", ""), kernels.backend(), self.dist.world_size,
-                 f" ({self.cfg.distributed.strategy}, {torch.distributed.get_backend()})" if self.dist.enabled else "")
-        log.info("global batch %d (per-process batch %d x %d processes x %d accumulation steps); lr as configured",
-                 self.global_batch(), self.cfg.data.batch_size, self.dist.world_size, self.cfg.training.accum_steps)
-        log.info("%d steps (%d epochs x %d steps), %.2fM trainable parameters, run dir %s", self.total_steps,
-                 self.cfg.training.epochs, self.steps_per_epoch, n_params / 1e6, self.run_dir)
-        if self.device.type == "cpu" and self.cfg.training.precision == "auto" and cpu_has_bf16_matmul():
-            log.info("this CPU has bf16 matrix instructions: --training.precision bf16 is usually much faster "
-                     "here (docs/performance.md, 'bf16 on CPU')")
 
     def check_finite(self):
         if jdist.any_rank(bool(self.nonfinite), self.dist):
@@ -362,10 +301,7 @@ class Trainer:
     def stop_and_save(self, why: str):
         """Checkpoint now and tell the user how to continue."""
         path = self.save_checkpoint()
-        if self.is_main:
-            command = self.checkpointer.resume_command(self.cfg.training.stop_at_step is not None)
-            print(f"\n{why} after step {self.step}/{self.total_steps}; checkpoint {path} written. Resume with:\n"
-                  f"  {command}", file=sys.stderr)
+        self.checkpointer.tell_how_to_resume(why, path, self.step, self.total_steps, self.cfg.training.stop_at_step)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ import torch
 from jepa import eval as jeval
 from jepa.checkpoint import checkpoint_path, load_checkpoint
 from jepa.io import atomic_save
+from jepa.monitor import KnnMonitor
 from jepa.config import load_config
 from jepa.datasets import load_dataset
 from jepa.train import Trainer
@@ -154,8 +155,9 @@ def test_knn_monitor_during_training_picks_best_checkpoint(tmp_path, monkeypatch
                              "eval.max_test": "50", "checkpoint.monitor": "knn", "checkpoint.keep_last": "1"})
     seen = []
     trainer = Trainer(cfg, run_dir=tmp_path)
-    real = trainer.knn_monitor
-    trainer.knn_monitor = lambda model, epoch: seen.append((trainer.step, real(model, epoch))) or seen[-1][1]
+    real = KnnMonitor.__call__
+    monkeypatch.setattr(KnnMonitor, "__call__",
+                        lambda mon, model, epoch: seen.append((trainer.step, real(mon, model, epoch))) or seen[-1][1])
     trainer.train()
     assert [s for s, _ in seen] == [4, 8, 12]
     best_step, best_acc = max(seen, key=lambda s: (s[1], -s[0]))

@@ -7,7 +7,9 @@ import torch
 
 from jepa.config import load_config
 from jepa.data import Batch
-from jepa.train import Trainer, build_optimizer, main
+from jepa.metrics import log_run_start
+from jepa.optim import build_optimizer
+from jepa.train import Trainer, main
 
 SMALL = {"model.embed_dim": "48", "model.depth": "2", "model.num_heads": "2", "model.pred_dim": "24",
          "model.pred_depth": "1", "model.pred_heads": "2", "masks.min_keep": "4", "data.batch_size": "32",
@@ -181,10 +183,10 @@ def test_progress_line_in_a_log_file_shows_eta_and_prints_the_end_once():
 def test_cpu_with_bf16_instructions_gets_a_precision_hint(tmp_path, caplog, monkeypatch, precision, has_bf16,
                                                           hinted):
     """Only a run that left precision on auto hears that bf16 would be faster on this CPU."""
-    monkeypatch.setattr("jepa.train.cpu_has_bf16_matmul", lambda: has_bf16)
+    monkeypatch.setattr("jepa.metrics.cpu_has_bf16_matmul", lambda: has_bf16)
     trainer = Trainer(small_cfg(**{"training.precision": precision, "training.device": "cpu"}), run_dir=tmp_path)
     with caplog.at_level(logging.INFO, logger="jepa"):
-        trainer.log_start()
+        log_run_start(trainer)
     hints = [r for r in caplog.records if "--training.precision bf16" in r.getMessage()]
     assert len(hints) == int(hinted)
 

@@ -63,3 +63,13 @@ def build_model(cfg, device: torch.device | str = "cpu") -> JEPA:
     predictor = Predictor(encoder.grid, m.embed_dim, m.pred_dim, m.pred_depth, m.pred_heads, m.mlp_ratio,
                           backend, shared_context=m.predictor_shared_context)
     return JEPA(encoder, predictor, m.num_hierarchies).to(device)
+
+
+def compile_model(model: JEPA, mode: bool | str = True):
+    """``torch.compile`` in place: the online forward as one graph (symbolic token counts), the target encoder apart.
+
+    ``mode`` is ``training.compile``: true or ``max-autotune``.
+    """
+    mode = "max-autotune" if mode == "max-autotune" else None
+    model.compile(mode=mode)
+    model.target_encoder.compile(mode=mode)

@@ -1,0 +1,63 @@
+"""The package layout stays readable: no import cycles (not even inside functions), no module over 600 lines."""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("jepa", "kernels")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """Project modules that ``path`` imports anywhere in its body (relative imports resolved)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(up + ([base] if base else []))
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        else:
+            continue
+        for t in targets:
+            while t and t not in modules:
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                found.add(t)
+    return found
+
+
+def project_modules() -> dict[str, Path]:
+    return {module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    modules = project_modules()
+    graph = {name: imports_of(path, set(modules)) for name, path in modules.items()}
+    # a package's __init__ re-exporting its own submodules is not a cycle of concepts
+    graph = {m: {d for d in deps if not d.startswith(m + ".")} for m, deps in graph.items()}
+    cycles = []
+
+    def visit(node, stack, seen):
+        for dep in sorted(graph[node]):
+            if dep in stack:
+                cycles.append(stack[stack.index(dep):] + [dep])
+            elif dep not in seen:
+                seen.add(dep)
+                visit(dep, stack + [dep], seen)
+    for start in sorted(graph):
+        visit(start, [start], {start})
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles[:5])
+
+
+def test_no_module_is_longer_than_600_lines():
+    long = {name: n for name, path in project_modules().items() if (n := len(path.read_text().splitlines())) > 600}
+    assert not long, long
