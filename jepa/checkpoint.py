@@ -15,6 +15,7 @@ import shlex
 import sys
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -24,6 +25,7 @@ from jepa.io import atomic_link, atomic_save
 log = logging.getLogger("jepa")
 
 
+BestMetric = Literal["loss", "knn"]  # what best.pt is chosen by: lowest epoch loss, or highest k-NN top-1
 FORMAT = "jepa-checkpoint-v1"
 ENCODER_FORMAT = "jepa-encoder-v1"
 REQUIRED_KEYS = ("model", "optimizer", "step", "epoch", "batch_in_epoch", "config")

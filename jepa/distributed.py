@@ -11,6 +11,7 @@ import contextlib
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -35,6 +36,10 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+DistBackend = Literal["auto", "nccl", "gloo"]
+DistStrategy = Literal["ddp", "fsdp"]  # replicated weights, or fully_shard on the ViT blocks
 
 
 def init_distributed(backend: str = "auto", device_type: str = "cpu") -> DistInfo:

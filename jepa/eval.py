@@ -30,33 +30,27 @@ import torch
 import torch.nn.functional as F
 
 from jepa.checkpoint import CheckpointError, load_file
+from jepa.datasets import load_dataset
 from jepa.device import pick_device
 from jepa.errors import ConfigError
+from jepa.export import encoder_from, read_encoder, saved_config
 from jepa.io import atomic_save, atomic_write_text, file_hash
+from jepa.models import Pooling, build_encoder, pool_tokens
+from jepa.models.attention import resolve_backend
 from jepa.progress import Progress
+from jepa.transforms import EvalTransform
 
 log = logging.getLogger("jepa")
 
 LINEAR_PROBE = {"optimizer": "L-BFGS (full batch, strong Wolfe line search, history 20)", "max_iter": 300,
                 "l2": 1e-4, "standardize": True}
 KNN = {"k": 20, "temperature": 0.07, "similarity": "cosine"}
-FEATURES = ("mean", "last4")
+FEATURES: tuple[str, ...] = Pooling.__args__
 METHODS = {"pretrained": "pre-trained", "random_init": "random init", "raw_pixels": "raw pixels"}
 CACHE_VERSION = "features-v1"
 
 
 # ---------------------------------------------------------------- features
-
-
-def pool_tokens(encoder, x: torch.Tensor, features: str = "mean") -> torch.Tensor:
-    """``[B, D]`` token-mean of the encoder output, or ``[B, k·D]`` for the last ``k = min(4, depth)`` blocks."""
-    if features == "mean":
-        return encoder(x).mean(dim=1)
-    if features == "last4":
-        n = min(4, len(encoder.blocks))
-        _, blocks = encoder(x, return_block_outputs=n)
-        return torch.cat([encoder.norm(b).mean(dim=1) for b in blocks], dim=1)
-    raise ValueError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
 
 
 @torch.no_grad()
@@ -190,7 +184,6 @@ def cached_features(path: Path | None, compute) -> tuple[torch.Tensor, torch.Ten
 
 def load_source(path: Path, encoder: str, device):
     """``(model config, trained encoder, step, checkpoint digest)`` of a training checkpoint or an encoder export."""
-    from jepa.export import encoder_from, read_encoder, saved_config
     enc = read_encoder(path, encoder)
     cfg = saved_config(enc["config"], path)
     return cfg, encoder_from(enc, device, path), enc["step"], file_hash(path, "sha256")
@@ -198,8 +191,6 @@ def load_source(path: Path, encoder: str, device):
 
 def random_init_encoder(cfg, device):
     """The encoder the run started from: built under ``training.seed`` without touching the global RNG."""
-    from jepa.models import build_encoder
-    from jepa.models.attention import resolve_backend
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.training.seed)
         enc = build_encoder(cfg, resolve_backend(cfg.model.attention, device))
@@ -212,8 +203,6 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None, protocol: str =
              batch_size: int = 256, device: str = "cpu", cache: bool = True, progress: bool = True,
              out: str | Path | None = None) -> dict:
     """Run the protocols on a checkpoint (and baselines), write the JSON report, return it."""
-    from jepa.datasets import load_dataset
-    from jepa.transforms import EvalTransform
     checkpoint = Path(checkpoint)
     t0 = time.time()
     cfg, trained, step, digest = load_source(checkpoint, encoder, device)

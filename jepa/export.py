@@ -17,11 +17,12 @@ import torch
 from jepa.checkpoint import ENCODER_FORMAT, FORMAT, CheckpointError, check_checkpoint, load_file
 from jepa.io import atomic_save
 from jepa.config import ConfigError, config_from_dict
-from jepa.models import encoder_spec
+from jepa.data import normalisation
+from jepa.models import EncoderName, encoder_spec
 from jepa.models.attention import resolve_backend
 from jepa.models.vit import VisionTransformer
 
-ENCODERS = ("target", "context")
+ENCODERS: tuple[str, ...] = EncoderName.__args__
 
 
 def encoder_weights(model_state: dict, which: str = "target", source: str | Path = "checkpoint") -> dict:
@@ -50,7 +51,6 @@ def read_encoder(path: str | Path, which: str = "target", map_location="cpu") ->
                               f"checkpoint ('{FORMAT}')")
     state = check_checkpoint(raw, path)
     cfg = saved_config(state["config"], path)
-    from jepa.data import normalisation
     mean, std = normalisation(cfg)
     return {"weights": encoder_weights(state["model"], which, path), "spec": encoder_spec(cfg),
             "normalization": {"mean": list(mean), "std": list(std)}, "config": state["config"],

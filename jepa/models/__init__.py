@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -9,6 +10,15 @@ import torch.nn as nn
 from jepa.losses import pool_blocks
 from jepa.models.attention import resolve_backend
 from jepa.models.vit import Predictor, VisionTransformer
+
+
+ModelSize = Literal["custom", "tiny", "small", "base", "large", "huge", "giant"]
+# named ViT sizes: (embed_dim, depth, num_heads)
+MODEL_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16),
+               "huge": (1280, 32, 16), "giant": (1408, 40, 16)}
+EncoderName = Literal["target", "context"]
+Pooling = Literal["mean", "last4"]  # token-mean of the output, or of each of the last 4 blocks (concatenated)
+CompileMode = Literal["default", "max-autotune"]
 
 
 class JEPA(nn.Module):
@@ -63,6 +73,17 @@ def build_model(cfg, device: torch.device | str = "cpu") -> JEPA:
     predictor = Predictor(encoder.grid, m.embed_dim, m.pred_dim, m.pred_depth, m.pred_heads, m.mlp_ratio,
                           backend, shared_context=m.predictor_shared_context)
     return JEPA(encoder, predictor, m.num_hierarchies).to(device)
+
+
+def pool_tokens(encoder, x: torch.Tensor, features: Pooling = "mean") -> torch.Tensor:
+    """``[B, D]`` token-mean of the encoder output, or ``[B, k·D]`` for the last ``k = min(4, depth)`` blocks."""
+    if features == "mean":
+        return encoder(x).mean(dim=1)
+    if features == "last4":
+        n = min(4, len(encoder.blocks))
+        _, blocks = encoder(x, return_block_outputs=n)
+        return torch.cat([encoder.norm(b).mean(dim=1) for b in blocks], dim=1)
+    raise ValueError(f"features must be one of {', '.join(Pooling.__args__)}, got {features!r}")
 
 
 def compile_model(model: JEPA, mode: bool | str = True):

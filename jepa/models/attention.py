@@ -12,13 +12,15 @@ import contextlib
 import logging
 import math
 import os
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 log = logging.getLogger("jepa")
-BACKENDS = ("auto", "xformers", "sdpa", "math")
+AttentionBackend = Literal["auto", "xformers", "sdpa", "math"]
+BACKENDS: tuple[str, ...] = AttentionBackend.__args__
 AUTO_XFORMERS = "auto-xformers"  # what ``auto`` resolves to on CUDA with xformers: xformers where it can run
 _announced: set[str] = set()
 # bf16 on CPU: SDPA's fused kernel is 1.2-4.3x slower than its math kernel in forward + backward up to 160 keys
