@@ -27,7 +27,7 @@ from jepa.io import atomic_write_text
 from jepa.losses import JEPALoss
 from jepa.masks import MaskStats
 from jepa.metrics import TrainLogger, log_run_start, target_std
-from jepa.models import build_model, compile_model
+from jepa.models import build_model, compile_model, mark_token_counts_dynamic
 from jepa.monitor import KnnMonitor
 from jepa.optim import build_optimizer, clip_and_step, set_schedule
 from jepa.profiling import step_profiler
@@ -39,17 +39,6 @@ log = logging.getLogger("jepa")
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept as it was."""
-
-
-def mark_token_counts_dynamic(batch: Batch):
-    """Compile the context/target token counts as symbolic sizes: they change every batch.
-
-    Static shapes would need one fixed token count per config (every context mask cut to the smallest
-    count the config allows) and measured only 2-4 % faster per step (bench_fmnist_tiny, inductor, CPU),
-    so the sizes stay dynamic: one graph, no recompiles. H-JEPA pooling specialises on the block shape.
-    """
-    for idx in (batch.ctx_idx, batch.tgt_idx):
-        torch._dynamo.maybe_mark_dynamic(idx, idx.dim() - 1)
 
 
 class Trainer:

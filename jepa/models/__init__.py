@@ -94,3 +94,14 @@ def compile_model(model: JEPA, mode: bool | str = True):
     mode = "max-autotune" if mode == "max-autotune" else None
     model.compile(mode=mode)
     model.target_encoder.compile(mode=mode)
+
+
+def mark_token_counts_dynamic(batch):
+    """Compile the context/target token counts as symbolic sizes: they change every batch.
+
+    Static shapes would need one fixed token count per config (every context mask cut to the smallest
+    count the config allows) and measured only 2-4 % faster per step (bench_fmnist_tiny, inductor, CPU),
+    so the sizes stay dynamic: one graph, no recompiles. H-JEPA pooling specialises on the block shape.
+    """
+    for idx in (batch.ctx_idx, batch.tgt_idx):  # torch's documented dynamic-shape hint (no public alias yet)
+        torch._dynamo.maybe_mark_dynamic(idx, idx.dim() - 1)
