@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-BASE = {"data.dataset": "synthetic", "data.synthetic_size": "64", "data.image_size": "16", "data.channels": "1",
-        "model.patch_size": "2", "model.embed_dim": "32", "model.depth": "2", "model.num_heads": "2",
-        "model.pred_dim": "16", "model.pred_depth": "1", "model.pred_heads": "2", "model.num_hierarchies": "2",
-        "masks.min_keep": "4", "data.batch_size": "4", "training.epochs": "2", "training.device": "cpu",
-        "optim.warmup_epochs": "0.5", "optim.lr": "5e-3", "optim.start_lr": "1e-3", "optim.ema": "[0.6, 0.8]",
-        "optim.grad_clip": "1.0", "logging.log_every": "1", "logging.progress": "false",
-        "logging.tensorboard": "false", "checkpoint.every_epochs": "0"}
+# small_config sits beside this file: first on sys.path under torchrun, put there by conftest.py under pytest
+from small_config import SMALL_BASE
+
+BASE = {**SMALL_BASE, "data.dataset": "synthetic", "data.synthetic_size": "64", "data.image_size": "16",
+        "data.channels": "1", "model.patch_size": "2", "model.num_hierarchies": "2", "data.batch_size": "4",
+        "training.epochs": "2", "optim.warmup_epochs": "0.5", "optim.lr": "5e-3", "optim.start_lr": "1e-3",
+        "optim.ema": "[0.6, 0.8]", "optim.grad_clip": "1.0", "logging.log_every": "1", "checkpoint.every_epochs": "0"}
 # a low EMA momentum moves the target encoder a lot per step, so a skipped or stale EMA cannot hide in the tolerance
 EQUIV_STEPS = 3
 GLOBAL_BATCH = 8

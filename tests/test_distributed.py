@@ -13,14 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-try:
-    import dist_worker as W
-except ImportError:  # pragma: no cover - run from the repository root with another import mode
-    from tests import dist_worker as W
-
 from jepa.config import ConfigError, load_config
 from jepa.data import TrainBatches
 from jepa.train import Trainer
+
+import dist_worker as W
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT = 240

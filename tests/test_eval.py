@@ -16,11 +16,10 @@ from jepa.datasets import load_dataset
 from jepa.train import Trainer
 from jepa.transforms import EvalTransform
 
+from small_config import SMALL_BASE
+
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = {"model.embed_dim": "32", "model.depth": "2", "model.num_heads": "2", "model.pred_dim": "16",
-         "model.pred_depth": "1", "model.pred_heads": "2", "masks.min_keep": "4", "data.batch_size": "32",
-         "data.subset": "128", "training.epochs": "1", "logging.progress": "false", "logging.tensorboard": "false",
-         "training.device": "cpu"}
+SMALL = {**SMALL_BASE, "data.batch_size": "32", "data.subset": "128"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,10 +8,9 @@ from jepa.config import load_config
 from jepa.export import load_encoder, main
 from jepa.train import Trainer
 
-SMALL = {"model.embed_dim": "32", "model.depth": "2", "model.num_heads": "2", "model.pred_dim": "16",
-         "model.pred_depth": "1", "model.pred_heads": "2", "masks.min_keep": "4", "data.batch_size": "32",
-         "data.subset": "128", "training.epochs": "1", "training.stop_at_step": "2", "logging.progress": "false",
-         "logging.tensorboard": "false", "training.device": "cpu"}
+from small_config import SMALL_BASE
+
+SMALL = {**SMALL_BASE, "data.batch_size": "32", "data.subset": "128", "training.stop_at_step": "2"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,10 +8,11 @@ from jepa.models import build_model
 from jepa.models.pos_embed import sincos_2d
 from jepa.models.vit import Predictor, VisionTransformer
 
+from small_config import TINY_MODEL
+
 
 def small_cfg(**over):
-    base = {"model.embed_dim": "32", "model.depth": "3", "model.num_heads": "2", "model.pred_dim": "16",
-            "model.pred_depth": "2", "model.pred_heads": "2", "data.image_size": "28", "model.patch_size": "4",
+    base = {**TINY_MODEL, "model.depth": "3", "model.pred_depth": "2", "data.image_size": "28", "model.patch_size": "4",
             "masks.min_keep": "4"}
     base.update(over)
     return load_config(None, base)

@@ -11,10 +11,12 @@ from jepa.metrics import log_run_start
 from jepa.optim import build_optimizer
 from jepa.train import Trainer, main
 
-SMALL = {"model.embed_dim": "48", "model.depth": "2", "model.num_heads": "2", "model.pred_dim": "24",
-         "model.pred_depth": "1", "model.pred_heads": "2", "masks.min_keep": "4", "data.batch_size": "32",
-         "data.subset": "256", "training.epochs": "1", "optim.warmup_epochs": "0.5", "logging.log_every": "2",
-         "logging.progress": "false"}
+from small_config import SMALL_BASE
+
+# the default device, and TensorBoard on: the Fashion-MNIST run checks its event file
+SMALL = {**SMALL_BASE, "model.embed_dim": "48", "model.pred_dim": "24", "data.batch_size": "32", "data.subset": "256",
+         "optim.warmup_epochs": "0.5", "logging.log_every": "2", "training.device": "auto",
+         "logging.tensorboard": "true"}
 
 
 def small_cfg(**over):
