@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from jepa.config.parse import _build, _flatten, _set_dotted, _type_name, parse_overrides
+from jepa.config.parse import _build, _flatten, _set_dotted, _type_name, parse_overrides, parse_value, read_yaml
 from jepa.config.schema import (VICREG_DEFAULTS, _to_plain, CheckpointConfig, Config, DataConfig, DistributedConfig,
                                 EvalConfig, LoggingConfig, LossConfig, MaskConfig, MixPart, ModelConfig, OptimConfig,
                                 ProfilingConfig, TrainingConfig, field_docs, sections)
@@ -34,20 +34,25 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+            raise ConfigError(f"config file not found: {path}" if not path.exists() else
+                              f"config file {path} is not a file")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the config as UTF-8") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+        raw = read_yaml(text, str(path))
         if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+            got = "an empty file" if raw is None else f"{type(raw).__name__} {raw!r}"
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, data:, ...), got {got}")
         raw.setdefault("name", path.stem)
     for dotted, value in (overrides or {}).items():
         if isinstance(value, str):
             try:
-                value = yaml.safe_load(value)
-            except yaml.YAMLError:
-                pass
+                value = parse_value(value, dotted)
+            except ConfigError:
+                pass  # not YAML: a plain string (a path, say); fields of other types reject it by name
         _set_dotted(raw, dotted, value)
     explicit = _flatten(raw)
     cfg = _build(Config, raw)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from typing import Any, Literal, Union
 
@@ -10,6 +11,59 @@ import yaml
 
 from jepa.config.schema import Config
 from jepa.errors import ConfigError
+
+
+MAX_VALUES = 10_000  # values a config may hold once YAML aliases are expanded
+MAX_DEPTH = 16  # nesting depth of a config's mappings and lists
+INT64 = 2 ** 63
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice (first {seen[key]})", key_node.start_mark)
+            seen[key] = f"line {key_node.start_mark.line + 1}"
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """Parse config YAML safely: no tags beyond the safe ones, no duplicate keys, bounded size and depth."""
+    try:
+        value = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to be a config") from None
+    _check_size(value, source)
+    return value
+
+
+def _check_size(value, source: str):
+    """Refuse configs that expand (through aliases) past ``MAX_VALUES`` values or nest past ``MAX_DEPTH``."""
+    stack, count = [(value, 0)], 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise ConfigError(f"{source}: holds more than {MAX_VALUES} values once YAML aliases are expanded; "
+                              "not a config")
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{source}: nested deeper than {MAX_DEPTH} levels; not a config")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def parse_value(text: str, path: str) -> Any:
+    """A command-line value read as YAML (``3`` is an int, ``[0.3, 1]`` a list); errors name the key."""
+    return read_yaml(text, f"--{path} {text!r}")
 
 
 def _type_name(tp) -> str:
@@ -52,7 +106,7 @@ def _coerce(value, tp, path: str):
         raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = parse_value(value, path)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
         args = typing.get_args(tp)
@@ -74,27 +128,35 @@ def _coerce(value, tp, path: str):
     if tp is int:
         if isinstance(value, bool):
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        number = None
         if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
+            number = value
+        elif isinstance(value, float) and value.is_integer():
+            number = int(value)
+        elif isinstance(value, str):
             try:
-                return int(value)
+                number = int(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        if not -INT64 <= number < INT64:
+            raise ConfigError(f"{path}: {value!r} does not fit in 64 bits")
+        return number
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{path}: expected a number, got {value!r}")
+        number = None
+        try:
+            if isinstance(value, (int, float, str)):
+                number = float(value)
+        except (ValueError, OverflowError):
+            pass
+        if number is None:
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{path}: must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -136,7 +198,10 @@ def _set_dotted(raw: dict, dotted: str, value: Any):
         tp = typing.get_type_hints(cls)[key]
         if not dataclasses.is_dataclass(tp):
             raise ConfigError(f"{'.'.join(keys[: i + 1])} is not a section; cannot set '{dotted}'")
-        node = node.setdefault(key, {}) if isinstance(node.get(key), dict) or key not in node else node[key]
+        if key in node and not isinstance(node[key], dict):
+            raise ConfigError(f"{'.'.join(keys[: i + 1])}: the section must be a mapping of keys, got "
+                              f"{node[key]!r}; cannot set '{dotted}'")
+        node = node.setdefault(key, {})
         cls = tp
 
 
