@@ -15,6 +15,7 @@ import torch
 from torch.profiler import record_function
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from jepa.errors import ConfigError
 from jepa.datasets import MixtureDataset, dataset_stats, load_dataset
 from jepa.masks import MaskSampler
 from jepa.transforms import BatchAugment
@@ -129,7 +130,7 @@ class TrainBatches:
         per_rank = len(self.dataset) // world_size
         self.batches_per_epoch = per_rank // self.batch_size
         if self.batches_per_epoch < 1:
-            raise ValueError(f"data.batch_size={self.batch_size} is larger than the {per_rank} images per process "
+            raise ConfigError(f"data.batch_size={self.batch_size} is larger than the {per_rank} images per process "
                              f"of dataset '{cfg.data.dataset}'; lower data.batch_size or raise data.subset")
 
     def order(self, epoch: int) -> torch.Tensor:

@@ -199,6 +199,11 @@ def _full_options(**kw):
     return StateDictOptions(full_state_dict=True, **kw)
 
 
+def model_shapes(model) -> dict[str, tuple[int, ...]]:
+    """Name -> full (unsharded) shape of every entry of the model's state dict."""
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
 def model_state(model) -> dict:
     """Plain full tensors as in a single-process checkpoint; under FSDP a collective, complete on rank 0 only."""
     if not is_sharded(model):

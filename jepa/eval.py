@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from jepa.checkpoint import CheckpointError, load_file
+from jepa import cli
+from jepa.checkpoint import CheckpointError, check_output, load_file
 from jepa.datasets import load_dataset
 from jepa.device import pick_device
 from jepa.errors import ConfigError
@@ -264,6 +265,10 @@ def format_table(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return cli.run(run, argv)
+
+
+def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jepa.eval", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="training checkpoint or exported encoder (.pt)")
     parser.add_argument("--dataset", help="labelled dataset to evaluate on (default: the one trained on)")
@@ -282,20 +287,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--out", help="JSON report path (default: next to the checkpoint)")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists (never an input or a "
+                        "training checkpoint)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for flag in ("train_subset", "test_subset", "batch_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
-    try:
-        device = str(pick_device(args.device))
-        report = evaluate(args.checkpoint, args.dataset, args.protocol, args.encoder, args.features, args.baselines,
-                          args.data_root, args.train_subset, args.test_subset, args.test_split, args.batch_size,
-                          device, not args.no_cache, not args.no_progress, args.out)
-    except (CheckpointError, ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    device = str(pick_device(args.device, "--device"))
+    out = check_output(args.out, [args.checkpoint], args.force) if args.out else None
+    report = evaluate(args.checkpoint, args.dataset, args.protocol, args.encoder, args.features, args.baselines,
+                      args.data_root, args.train_subset, args.test_subset, args.test_split, args.batch_size,
+                      device, not args.no_cache, not args.no_progress, out)
     print(f"{report['checkpoint']} (step {report['step']}, {report['encoder']} encoder, {report['features']} "
           f"features) on {report['dataset']}: {report['train_images']} train / {report['test_images']} "
           f"{report['test_split']} images")

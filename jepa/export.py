@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 
-from jepa.checkpoint import ENCODER_FORMAT, FORMAT, CheckpointError, check_checkpoint, load_file
+from jepa import cli
+from jepa.checkpoint import (ENCODER_FORMAT, FORMAT, CheckpointError, check_checkpoint, check_output, load_file,
+                             verify_checksum, with_checksum)
 from jepa.io import atomic_save
 from jepa.config import ConfigError, config_from_dict
 from jepa.data import normalisation
@@ -28,7 +30,7 @@ ENCODERS: tuple[str, ...] = EncoderName.__args__
 def encoder_weights(model_state: dict, which: str = "target", source: str | Path = "checkpoint") -> dict:
     """The ``which`` encoder's entries of a JEPA state dict, without the prefix."""
     if which not in ENCODERS:
-        raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {which!r}")
+        raise ConfigError(f"encoder must be one of {', '.join(ENCODERS)}, got {which!r}")
     prefix = f"{which}_encoder."
     out = {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
     if not out:
@@ -42,6 +44,7 @@ def read_encoder(path: str | Path, which: str = "target", map_location="cpu") ->
     raw = load_file(path, map_location)
     fmt = raw.get("format") if isinstance(raw, dict) else None
     if fmt == ENCODER_FORMAT:
+        verify_checksum(raw, path)
         if which != raw.get("encoder", "target"):
             raise CheckpointError(f"{path} is an export of the {raw.get('encoder')} encoder; the {which} encoder "
                                   "is only in the training checkpoint")
@@ -69,7 +72,7 @@ def export_encoder(checkpoint: str | Path, out: str | Path, which: str = "target
     """Write the ``which`` encoder of a training checkpoint to ``out`` (atomically)."""
     enc = read_encoder(checkpoint, which)
     payload = {"format": ENCODER_FORMAT, "source": str(checkpoint), **enc}
-    return atomic_save(payload, out)
+    return atomic_save(with_checksum(payload), out)
 
 
 def build_from_spec(spec: dict, device="cpu", attention: str = "auto") -> VisionTransformer:
@@ -98,18 +101,20 @@ def encoder_from(enc: dict, device="cpu", source: str | Path = "checkpoint") -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    return cli.run(run, argv)
+
+
+def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jepa.export", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="training checkpoint (.pt) to export from")
     parser.add_argument("--out", required=True, help="where to write the encoder file (.pt)")
     parser.add_argument("--encoder", choices=ENCODERS, default="target",
                         help="which encoder to export (default: target, the EMA encoder)")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists (never an input or a "
+                        "training checkpoint)")
     args = parser.parse_args(argv)
-    try:
-        out = export_encoder(args.checkpoint, args.out, args.encoder)
-        enc = load_encoder(out, which=args.encoder)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    out = export_encoder(args.checkpoint, check_output(args.out, [args.checkpoint], args.force), args.encoder)
+    enc = load_encoder(out, which=args.encoder)
     n = sum(p.numel() for p in enc.parameters())
     print(f"wrote {out}: {args.encoder} encoder, {n / 1e6:.2f}M parameters, input "
           f"[B, {enc.patch_embed.in_channels}, {enc.grid[0] * enc.patch_embed.stride[0]}, "

@@ -7,6 +7,7 @@ intact. Checkpoints, exports, dataset downloads and reports all write through he
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -14,6 +15,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from jepa.errors import DiskFullError
 
 
 def _read_umask() -> int:
@@ -50,28 +53,60 @@ def removed_on_error(tmp: str | Path):
         raise
 
 
-def atomic_write(path: str | Path, write) -> Path:
+def atomic_write(path: str | Path, write, size_hint: int | None = None) -> Path:
     """Call ``write(binary_file)`` on a temp file next to ``path``, fsync it, rename it over ``path``.
 
     On any failure ``path`` keeps its previous content and the temp file (``.NAME.*.tmp``) is removed.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with removed_on_error(tmp):
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+    written = 0
+    try:
+        with removed_on_error(tmp):
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o666 & ~_UMASK)
+                try:
+                    write(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                finally:
+                    written = f.tell()
+            os.replace(tmp, path)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise disk_full(path, size_hint or written) from None
+        raise
     fsync_dir(path.parent)
     return path
 
 
+def disk_full(path: Path, needed: int) -> DiskFullError:
+    """A DiskFullError naming the directory, the bytes the file needs and the bytes free there."""
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 1e6:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFullError(errno.ENOSPC, f"no space left on the device writing {path}: it needs about "
+                         f"{needed / 1e6:.1f} MB and {path.parent} has {free} (the previous file, if any, is intact)")
+
+
 def atomic_save(obj, path: str | Path) -> Path:
     """``torch.save`` ``obj`` to ``path`` atomically."""
-    return atomic_write(path, lambda f: torch.save(obj, f))
+    return atomic_write(path, lambda f: torch.save(obj, f), size_hint=tensor_bytes(obj))
+
+
+def tensor_bytes(obj) -> int:
+    """Bytes of the tensors in a nested dict/list: about what ``torch.save`` writes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

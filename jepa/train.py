@@ -18,8 +18,9 @@ import yaml
 from torch.profiler import record_function
 
 import kernels
+from jepa import cli
 from jepa import distributed as jdist
-from jepa.checkpoint import FORMAT, CheckpointError, Checkpointer
+from jepa.checkpoint import FORMAT, Checkpointer
 from jepa.config import Config, ConfigError, add_config_args, config_from_cli
 from jepa.data import Batch, TrainBatches
 from jepa.device import pick_precision, setup_process
@@ -29,16 +30,12 @@ from jepa.masks import MaskStats
 from jepa.metrics import TrainLogger, log_run_start, target_std
 from jepa.models import build_model, compile_model, mark_token_counts_dynamic
 from jepa.monitor import KnnMonitor
-from jepa.optim import build_optimizer, clip_and_step, set_schedule
+from jepa.optim import FiniteGuard, build_optimizer, clip_and_step, set_schedule
 from jepa.profiling import step_profiler
 from jepa.schedules import build_schedules
 from jepa.signals import StopOnSignal
 
 log = logging.getLogger("jepa")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept as it was."""
 
 
 class Trainer:
@@ -77,11 +74,11 @@ class Trainer:
 
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0  # steps done; loader batches of ``epoch`` consumed
         self.skipped_steps = torch.zeros((), device=device)
-        self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        self.finite_guard = FiniteGuard(device)
         self.epoch_loss, self.epoch_n = torch.zeros((), device=device), 0  # sum of the epoch's step losses
         self.run_dir = Path(run_dir or cfg.logging.run_dir or Path("runs") / cfg.name)
         self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint.keep_last, self.dist)
-        state = self.checkpointer.restore(resume, cfg.to_dict(), self.data_stream())
+        state = self.checkpointer.restore(resume, cfg.to_dict(), self.data_stream(), jdist.model_shapes(self.model))
         if state is not None:
             self.load_state_dict(state)
         if self.is_main:
@@ -125,11 +122,11 @@ class Trainer:
             for key, value in micro.items():
                 parts[key] = parts.get(key, 0.0) + value / n
         with record_function("optimizer"):
-            finite = clip_and_step(self.optimizer, self.scaler, self.trained_params, self.cfg.optim.grad_clip)
-        if finite is None:
-            self.nonfinite |= ~torch.isfinite(total)
+            grad_norm = clip_and_step(self.optimizer, self.scaler, self.trained_params, self.cfg.optim.grad_clip)
+        if self.scaler.is_enabled():
+            self.skipped_steps += ~torch.isfinite(grad_norm)  # the fp16 scaler skipped the step: counted, not fatal
         else:
-            self.skipped_steps += ~finite  # the fp16 scaler skipped the step: counted, not fatal
+            self.finite_guard.observe(total, grad_norm)
         self.step += 1
         momentum = self.schedules.momentum_at(self.step)
         with record_function("ema"):
@@ -222,10 +219,7 @@ class Trainer:
             self.save_checkpoint(metric=metric)
 
     def check_finite(self):
-        if jdist.any_rank(bool(self.nonfinite), self.dist):
-            raise NonFiniteLossError(f"loss became NaN/inf at or before step {self.step}; stopping without "
-                                     f"writing a checkpoint (the last good one in {self.run_dir / 'checkpoints'} "
-                                     "is kept). Lower optim.lr, enable optim.grad_clip or use training.precision fp32")
+        self.finite_guard.check(self.optimizer, self.step, self.dist, self.run_dir / "checkpoints")
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -294,6 +288,10 @@ class Trainer:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return cli.run(run, argv)
+
+
+def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jepa.train", description=__doc__.splitlines()[0],
         epilog="Any config key can be overridden as --section.key value, e.g. --training.epochs 3")
@@ -311,12 +309,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer = Trainer(cfg, run_dir=args.run_dir, resume=args.resume, profile=args.profile)
         result = trainer.train()
-    except (ConfigError, CheckpointError, FileNotFoundError, NonFiniteLossError, RuntimeError) as e:
-        if isinstance(e, RuntimeError) and not isinstance(e, (CheckpointError, NonFiniteLossError)) \
-                and "xformers" not in str(e):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     finally:
         if trainer is not None:
             jdist.cleanup(trainer.dist)

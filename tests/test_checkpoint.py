@@ -82,7 +82,7 @@ BROKEN = {
     "empty": (lambda p: p.write_bytes(b""), "corrupt or truncated"),
     "random bytes": (lambda p: p.write_bytes(os.urandom(300)), "corrupt or truncated"),
     "pickled object": (lambda p: torch.save({"format": FORMAT, "x": NotATensor()}, p),
-                       "refused it because it holds pickled Python objects"),
+                       "holds pickled Python objects: refused"),
     "foreign state dict": (lambda p: torch.save(torch.nn.Linear(2, 2).state_dict(), p), "not a jepa checkpoint"),
     "plain pickle": (lambda p: p.write_bytes(pickle.dumps([1, 2, 3])), "corrupt or truncated"),
     "exported encoder": (lambda p: torch.save({"format": ENCODER_FORMAT, "weights": {}}, p), "exported encoder"),

@@ -63,7 +63,7 @@ def test_export_errors_name_the_file(trained, tmp_path, capsys):
     _, ckpt = trained
     bad = tmp_path / "bad.pt"
     bad.write_bytes(ckpt.read_bytes()[:500])
-    assert main(["--checkpoint", str(bad), "--out", str(tmp_path / "x.pt")]) == 1
+    assert main(["--checkpoint", str(bad), "--out", str(tmp_path / "x.pt")]) == 2
     assert str(bad) in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
     foreign = tmp_path / "foreign.pt"
     torch.save({"weight": torch.zeros(2)}, foreign)

@@ -135,7 +135,7 @@ def test_cli_resume_from_corrupt_path_names_the_file(tmp_path, capsys):
     bad.write_bytes(b"\x00" * 64)
     code = main(["--config", "configs/quick_validation.yaml", "--run-dir", str(tmp_path / "run"),
                  "--resume", str(bad), "--logging.progress", "false"])
-    assert code == 1 and str(bad) in capsys.readouterr().err
+    assert code == 2 and str(bad) in capsys.readouterr().err
 
 
 def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path):

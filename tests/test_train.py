@@ -121,7 +121,7 @@ def test_missing_dataset_names_where_it_looked(tmp_path, capsys, monkeypatch):
                  "--data.dataset", "cifar10", "--data.root", str(tmp_path / "nowhere"), "--data.channels", "3",
                  "--data.image_size", "32"])
     err = capsys.readouterr().err
-    assert code == 1 and "nowhere" in err
+    assert code == 2 and "nowhere" in err
 
 
 def test_nonfinite_loss_stops_without_overwriting_checkpoint(tmp_path):
@@ -135,8 +135,8 @@ def test_nonfinite_loss_stops_without_overwriting_checkpoint(tmp_path):
         calls["n"] += 1
         return (loss * math.nan if calls["n"] == 3 else loss), parts
     trainer.forward_loss = poisoned
-    from jepa.train import NonFiniteLossError
-    with pytest.raises(NonFiniteLossError, match="step 3"):
+    from jepa.errors import NonFiniteError
+    with pytest.raises(NonFiniteError, match="step 3"):
         trainer.train()
     saved = sorted(p.name for p in (tmp_path / "checkpoints").glob("ckpt_step*.pt"))
     assert saved == ["ckpt_step00000002.pt"]

@@ -89,7 +89,7 @@ def config_from_cli(parser: argparse.ArgumentParser, argv: list[str] | None = No
     try:
         cfg = load_config(args.config, parse_overrides(rest))
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

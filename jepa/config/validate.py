@@ -6,11 +6,11 @@ together (patch grid, mask geometry, batch vs subset) are decided from the confi
 """
 from __future__ import annotations
 
-import re
 import warnings
 
 from jepa.config.schema import VICREG_DEFAULTS, Config
 from jepa.datasets import DATASETS
+from jepa.device import DEVICE
 from jepa.errors import ConfigError
 from jepa.masks import block_size
 from jepa.models import MODEL_SIZES
@@ -42,7 +42,6 @@ FLOAT_RANGES = {
     "eval.knn_temperature": (0.0, 1e6, True),
     **{f"loss.{k}": (0.0, 1e6, False) for k in VICREG_DEFAULTS},
 }
-DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:(0|[1-9][0-9]{0,3}))?)$")
 
 
 def _check(cond: bool, path: str, msg: str):

@@ -20,6 +20,7 @@ from jepa.datasets.mixture import MixtureDataset
 from jepa.datasets.search import candidate_dirs, default_download_dir, find_dir, resolve_split
 from jepa.datasets.stl10 import load_stl10
 from jepa.datasets.synthetic import make_synthetic
+from jepa.errors import ConfigError
 
 # load_dataset's ``download`` argument hides the function inside it.
 _download = download
@@ -77,7 +78,7 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
     benchmarks: it is only produced when ``name="synthetic"``.
     """
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+        raise ConfigError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     if channels not in (None, 1, 3):
         raise ValueError(f"channels={channels!r} for dataset {name!r}; valid: None (native), 1 or 3")
     if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
@@ -122,7 +123,7 @@ def dataset_stats(name: str, channels: int | None = None) -> tuple[tuple[float, 
     For a 3-channel request of a gray dataset the single value is repeated.
     """
     if name not in _STATS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+        raise ConfigError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     if channels not in (None, 1, 3):
         raise ValueError(f"channels={channels!r}; valid: None (native), 1 or 3")
     mean, std = _STATS[name]

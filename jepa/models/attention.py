@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from jepa.errors import DeviceError
+
 log = logging.getLogger("jepa")
 AttentionBackend = Literal["auto", "xformers", "sdpa", "math"]
 BACKENDS: tuple[str, ...] = AttentionBackend.__args__
@@ -72,7 +74,7 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
         raise ValueError(f"model.attention must be one of {', '.join(BACKENDS)}, got {name!r}")
     device = torch.device(device)
     if name == "xformers" and (device.type != "cuda" or not xformers_available()):
-        raise RuntimeError(
+        raise DeviceError(
             "model.attention=xformers needs a CUDA device and the xformers package "
             "(pip install -e '.[cuda]'); use model.attention: auto or sdpa on "
             f"{device.type}")
