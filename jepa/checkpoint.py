@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from jepa import distributed as jdist
-from jepa.io import atomic_link, atomic_save
+from jepa.io import atomic_link, atomic_save, is_safetensors
 
 log = logging.getLogger("jepa")
 
@@ -27,6 +27,7 @@ log = logging.getLogger("jepa")
 FORMAT = "jepa-checkpoint-v1"
 ENCODER_FORMAT = "jepa-encoder-v1"
 REQUIRED_KEYS = ("model", "optimizer", "step", "epoch", "batch_in_epoch", "config")
+RESUME_IGNORES = ("init_from",)  # model.init_from only matters when a run starts, so a resume may differ in it
 BEST_NAME = "best.pt"
 SUPERSEDED_DIR = "superseded"
 _NAME = re.compile(r"^ckpt_step(\d+)\.pt$")
@@ -76,6 +77,10 @@ def load_file(path: str | Path, map_location="cpu"):
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Load a training checkpoint with ``weights_only=True``; any problem is a CheckpointError naming the file."""
     path = Path(path)
+    if is_safetensors(path):
+        raise CheckpointError(f"{path} is a safetensors file (an encoder export or foreign weights), not a training "
+                              "checkpoint: it holds no optimizer and cannot be resumed; start a run from it with "
+                              "model.init_from")
     return check_checkpoint(load_file(path, map_location), path)
 
 
@@ -223,8 +228,9 @@ class Checkpointer:
         """Refuse another model or mask setting; warn when the data stream or schedule differ."""
         saved = state["config"]
         for key in ("model", "masks"):
-            if saved.get(key) != config[key]:
-                changed = sorted(k for k in config[key] if saved.get(key, {}).get(k) != config[key][k])
+            changed = sorted(k for k in config[key] if k not in RESUME_IGNORES
+                             and saved.get(key, {}).get(k) != config[key][k])
+            if changed:
                 raise CheckpointError(f"{path} was written with a different '{key}' config section "
                                       f"({', '.join(f'{key}.{k}' for k in changed)}); resume with the run's own "
                                       f"config ({self.run_dir / 'config.yaml'})")
