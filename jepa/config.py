@@ -47,6 +47,9 @@ class ModelConfig:
     attention: str = "auto"  # auto|xformers|sdpa|math
     num_hierarchies: int = 1
     predictor_shared_context: bool = False
+    # start from these weights: a jepa checkpoint or export, an official I-JEPA .pth.tar or a Hugging Face
+    # IJepaModel directory (docs/interop.md); null: random initialisation
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -348,6 +351,8 @@ def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
     _check(m.mlp_ratio > 0, "model.mlp_ratio", f"must be > 0, got {m.mlp_ratio}")
     _choice(m.attention, ["auto", "xformers", "sdpa", "math"], "model.attention")
     _check(1 <= m.num_hierarchies <= 4, "model.num_hierarchies", f"must be in 1..4, got {m.num_hierarchies}")
+    _check(m.init_from is None or m.init_from.strip() != "", "model.init_from",
+           "must be a path (a checkpoint, export, official .pth.tar or Hugging Face directory) or null, got ''")
 
     d = cfg.data
     from jepa.datasets import DATASETS  # local: keeps config importable on its own

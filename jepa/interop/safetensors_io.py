@@ -1,0 +1,40 @@
+"""safetensors files: named tensors plus string metadata, read and written without pickle."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from jepa.checkpoint import CheckpointError
+from jepa.io import atomic_write, is_safetensors  # noqa: F401 (sources imports it from here)
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(tensors, metadata)`` of a safetensors file; a CheckpointError naming the file if it is not one."""
+    from safetensors import safe_open
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read {path}: not a valid safetensors file, it is corrupt or truncated "
+                              f"({path.stat().st_size} bytes; {reason})") from None
+
+
+def metadata_json(meta: dict[str, str], key: str, path: Path):
+    """The JSON value stored under ``key`` in a safetensors header, or a CheckpointError naming the file."""
+    try:
+        return json.loads(meta[key])
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: its safetensors metadata has no valid '{key}' entry ({e})") from None
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write ``tensors`` (contiguous CPU copies) with string ``metadata`` to ``path`` atomically."""
+    from safetensors.torch import save
+    plain = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    data = save(plain, metadata={k: str(v) for k, v in metadata.items()})
+    return atomic_write(path, lambda f: f.write(data))
