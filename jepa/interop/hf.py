@@ -15,8 +15,8 @@ import torch
 
 from jepa.checkpoint import CheckpointError, load_file
 from jepa.interop.layout import as_float_tensors, imagenet_normalization, mlp_ratio_of, strip_prefix
-from jepa.interop.safetensors_io import is_safetensors, metadata_json, read_safetensors, write_safetensors
-from jepa.io import atomic_dir, atomic_write_text
+from jepa.interop.safetensors_io import metadata_json, read_safetensors, write_safetensors
+from jepa.io import atomic_dir, atomic_write_text, is_safetensors
 
 log = logging.getLogger("jepa")
 

@@ -111,9 +111,10 @@ def init_from(model, cfg, path: str | Path | None = None) -> dict:
     summary = {"kind": source["kind"], "context": ctx_role, "target": tgt_role,
                "predictor": _load_predictor(model, source, grid, cfg, path),
                "level_heads": _load_level_heads(model, source, path), "notes": sorted(set(notes))}
-    log.info("model.init_from %s (%s): context encoder <- its %s encoder, target encoder <- its %s encoder, "
-             "predictor %s, level heads %s; optimizer, schedules and step start fresh", path, source["kind"],
-             ctx_role, tgt_role, summary["predictor"], summary["level_heads"])
+    name = {"context": "its context encoder", "target": "its target encoder", "encoder": "its encoder"}
+    log.info("model.init_from %s (%s): context encoder <- %s, target encoder <- %s, predictor %s, level heads %s; "
+             "optimizer, schedules and step start fresh", path, source["kind"], name[ctx_role], name[tgt_role],
+             summary["predictor"], summary["level_heads"])
     for note in summary["notes"]:
         log.info("%s", note)
     return summary

@@ -5,14 +5,15 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save
 
 from jepa.checkpoint import CheckpointError
-from jepa.io import atomic_write, is_safetensors  # noqa: F401 (sources imports it from here)
+from jepa.io import atomic_write
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """``(tensors, metadata)`` of a safetensors file; a CheckpointError naming the file if it is not one."""
-    from safetensors import safe_open
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -34,7 +35,6 @@ def metadata_json(meta: dict[str, str], key: str, path: Path):
 
 def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
     """Write ``tensors`` (contiguous CPU copies) with string ``metadata`` to ``path`` atomically."""
-    from safetensors.torch import save
     plain = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     data = save(plain, metadata={k: str(v) for k, v in metadata.items()})
     return atomic_write(path, lambda f: f.write(data))

@@ -18,9 +18,9 @@ from jepa.interop.layout import strip_prefix
 from jepa.interop.native import (read_pt_export, read_safetensors_export, read_training_checkpoint,
                                  SAFETENSORS_FORMAT)
 from jepa.interop.official import is_official, read_official
-from jepa.interop.safetensors_io import is_safetensors, read_safetensors
+from jepa.interop.safetensors_io import read_safetensors
 from jepa.interop.timm import read_timm
-from jepa.io import file_hash
+from jepa.io import file_hash, is_safetensors
 
 EXPECTED = ("a jepa training checkpoint or encoder export, an official I-JEPA checkpoint (.pth.tar with encoder/"
             "predictor/target_encoder), a Hugging Face IJepaModel directory or a timm-named safetensors file")
