@@ -53,8 +53,12 @@ def _unpickler_reason(e: Exception) -> str:
     return _first_line(e)
 
 
-def load_file(path: str | Path, map_location="cpu"):
-    """``torch.load(weights_only=True)``; any failure becomes a CheckpointError naming the file and the cause."""
+def load_file(path: str | Path, map_location="cpu", mmap: bool = False):
+    """``torch.load(weights_only=True)``; any failure becomes a CheckpointError naming the file and the cause.
+
+    ``mmap``: map the file instead of reading it (a large foreign checkpoint of which only part is used);
+    files in the old non-zip format cannot be mapped and are read whole.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -63,6 +67,13 @@ def load_file(path: str | Path, map_location="cpu"):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pickle-protocol notes on foreign files; the error says enough
+            if mmap:
+                try:
+                    return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+                except pickle.UnpicklingError:
+                    raise
+                except Exception:
+                    pass  # not mappable (old format, or broken: then the plain load says why)
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         reason = _unpickler_reason(e) if isinstance(e, pickle.UnpicklingError) else _first_line(e)

@@ -116,8 +116,7 @@ def export_encoder(checkpoint: str | Path, out: str | Path, which: str = "target
     encoder = encoder_from(enc, "cpu", checkpoint)
     weights = encoder.state_dict()  # holds pos_embed only when the table is stored, not our sin-cos
     if fmt == "jepa":
-        record = {**enc, "weights": weights, "encoder": enc["encoder"]}
-        return write_safetensors_export(safetensors_path(out), record, str(checkpoint)), encoder
+        return write_safetensors_export(safetensors_path(out), {**enc, "weights": weights}, str(checkpoint)), encoder
     weights = {**weights, "pos_embed": encoder.pos_embed}
     if fmt == "hf":
         meta = {"config": enc["config"], "step": enc["step"], "encoder": enc["encoder"], "source": str(checkpoint)}

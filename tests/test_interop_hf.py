@@ -48,6 +48,8 @@ def test_ijepa_model_loads_the_export_and_gives_our_outputs(exported):
         got = model.eval()(pixel_values=x).last_hidden_state
     assert got.shape == expected.shape == (4, 49, 32)
     assert (got - expected).abs().max().item() <= 1e-5
+    with torch.no_grad():  # naming the weights file instead of its directory reads the directory
+        assert torch.equal(jepa.load_encoder(hf / "model.safetensors")(x), expected)
 
 
 def test_the_preprocessor_normalises_as_our_eval_transform(exported):

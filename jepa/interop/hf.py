@@ -221,6 +221,7 @@ def _normalization(path: Path, meta: dict, channels: int) -> dict:
         pre = json.loads((path / "preprocessor_config.json").read_text())
         mean, std = list(pre["image_mean"]), list(pre["image_std"])
         if len(mean) == len(std) == channels:
+            log.info("%s: normalising inputs with its preprocessor_config.json mean %s, std %s", path, mean, std)
             return {"mean": mean, "std": std}
     except (OSError, ValueError, KeyError, TypeError):
         pass

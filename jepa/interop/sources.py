@@ -43,7 +43,7 @@ def read_source(path: str | Path, num_heads: int | None = None) -> dict:
         if hf_weights_file(path):
             return _from_encoder(read_hf_dir(path.parent))
         return _read_safetensors_file(path, num_heads)
-    raw = load_file(path)
+    raw = load_file(path, mmap=True)  # an official ViT-H file also holds optimizer state we never touch
     fmt = raw.get("format") if isinstance(raw, dict) else None
     if fmt == FORMAT:
         return read_training_checkpoint(raw, path)
