@@ -196,8 +196,8 @@ def load_source(path: Path, encoder: str, device, num_heads: int | None = None, 
     """
     from jepa.export import encoder_from, read_encoder, source_config, source_digest
     enc = read_encoder(path, encoder, num_heads=num_heads)
-    cfg = source_config(enc, path, image_size)
-    return cfg, encoder_from(enc, device, path, image_size), enc["step"], source_digest(path)
+    trained = encoder_from(enc, device, path, image_size)
+    return source_config(enc, path, image_size), trained, enc["step"], source_digest(path)
 
 
 def random_init_encoder(cfg, device):

@@ -86,6 +86,18 @@ def _make(kind, tmp, ckpt, export):
         meta["spec"] = json.dumps({**json.loads(meta["spec"]), "depth": 3})
         save_file(tensors, path, metadata=meta)
         return path, r"the encoder weights do not match the model's keys \(missing blocks.2"
+    if kind == "bad_spec.safetensors":
+        with safe_open(str(export), "pt") as f:
+            tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+        meta["spec"] = json.dumps({k: v for k, v in json.loads(meta["spec"]).items() if k != "depth"})
+        save_file(tensors, path, metadata=meta)
+        return path, "its encoder spec must have the keys img_size, patch_size, in_chans, embed_dim, depth"
+    if kind == "bad_heads_dir":
+        path.mkdir()
+        config = json.loads((tmp / "hf" / "config.json").read_text())
+        (path / "config.json").write_text(json.dumps({**config, "num_attention_heads": 3}))
+        (path / "model.safetensors").write_bytes((tmp / "hf" / "model.safetensors").read_bytes())
+        return path, "does not describe a buildable encoder"
     if kind == "wide_table.safetensors":
         with safe_open(str(export), "pt") as f:
             tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
@@ -98,7 +110,7 @@ def _make(kind, tmp, ckpt, export):
 
 KINDS = ["foreign.pt", "truncated.pth.tar", "truncated.safetensors", "code.pth.tar", "no_config_dir", "vit_dir",
          "no_weights_dir", "broken_json_dir", "unknown.safetensors", "not_tensors.pth.tar", "wrong_spec.safetensors",
-         "wide_table.safetensors", "missing.pth.tar"]
+         "bad_spec.safetensors", "bad_heads_dir", "wide_table.safetensors", "missing.pth.tar"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

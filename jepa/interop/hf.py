@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from jepa.checkpoint import CheckpointError, load_file
-from jepa.interop.layout import as_float_tensors, imagenet_normalization, mlp_ratio_of, strip_prefix
+from jepa.interop.layout import as_float_tensors, check_spec, imagenet_normalization, mlp_ratio_of, strip_prefix
 from jepa.interop.safetensors_io import metadata_json, read_safetensors, write_safetensors
 from jepa.io import atomic_dir, atomic_write_text, is_safetensors
 
@@ -114,9 +114,8 @@ def from_hf(state: dict, config: dict, path: Path) -> dict:
             out["pos_embed"] = value
         elif key.startswith("layernorm."):
             out["norm." + key.rsplit(".", 1)[1]] = value
-        elif m := _LAYER.match(key):
-            i, rest = m.group(1), m.group(2)
-            name, kind = rest.rsplit(".", 1)
+        elif (m := _LAYER.match(key)) and "." in m.group(2):
+            i, (name, kind) = m.group(1), m.group(2).rsplit(".", 1)
             if name in _QKV:
                 qkv.setdefault((i, kind), [None] * 3)[_QKV[name]] = value
             elif name in _LAYER_NAMES:
@@ -129,8 +128,8 @@ def from_hf(state: dict, config: dict, path: Path) -> dict:
         raise CheckpointError(f"{path}: weights an IJepaModel does not have: {', '.join(left[:4])}"
                               + (f" and {len(left) - 4} more" if len(left) > 4 else ""))
     for (i, kind), parts in qkv.items():
-        if any(p is None for p in parts):
-            raise CheckpointError(f"{path}: layer {i} lacks one of its query/key/value {kind}s")
+        if any(p is None for p in parts) or len({p.shape for p in parts}) != 1:
+            raise CheckpointError(f"{path}: layer {i}'s query, key and value {kind}s are not three of one shape")
         out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(parts)
     if not config.get("qkv_bias", True):  # no biases stored: zeros compute the same
         for (i, kind), parts in list(qkv.items()):
@@ -154,11 +153,11 @@ def spec_from_config(config: dict, path: Path) -> dict:
     act = config.get("hidden_act", "gelu")
     if act != "gelu":
         raise CheckpointError(f"{path}/config.json: hidden_act {act!r}; only the exact 'gelu' of I-JEPA is supported")
-    eps = config.get("layer_norm_eps", 1e-12)
-    if abs(eps - 1e-6) > 1e-9:
-        log.warning("%s: layer_norm_eps %g, our encoder uses 1e-6: outputs differ slightly from transformers'",
-                    path, eps)
     try:
+        eps = float(config.get("layer_norm_eps", 1e-12))
+        if abs(eps - 1e-6) > 1e-9:
+            log.warning("%s: layer_norm_eps %g, our encoder uses 1e-6: outputs differ slightly from transformers'",
+                        path, eps)
         dim = int(config.get("hidden_size", 768))
         return {"img_size": _square(config.get("image_size", 224), "image_size", path),
                 "patch_size": _square(config.get("patch_size", 16), "patch_size", path),
@@ -166,7 +165,7 @@ def spec_from_config(config: dict, path: Path) -> dict:
                 "depth": int(config.get("num_hidden_layers", 12)),
                 "num_heads": int(config.get("num_attention_heads", 12)),
                 "mlp_ratio": mlp_ratio_of(int(config.get("intermediate_size", 3072)), dim)}
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, ZeroDivisionError) as e:
         raise CheckpointError(f"{path}/config.json: not a valid IJepaConfig ({e})") from None
 
 
@@ -202,7 +201,7 @@ def read_hf_dir(path: Path) -> dict:
         raise CheckpointError(f"{path}/config.json: not readable JSON ({e})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}/config.json: expected a JSON object, found {type(config).__name__}")
-    spec = spec_from_config(config, path)
+    spec = check_spec(spec_from_config(config, path), path)
     state, meta = _read_weights(path)
     weights = from_hf(state, config, path)
     ours = meta.get("jepa_format") == HF_FORMAT

@@ -66,18 +66,37 @@ def _shape(weights: dict, key: str, path: Path, what: str) -> list[int]:
 
 def spec_from_weights(weights: dict, path: Path, num_heads: int | None, what: str = "encoder") -> dict:
     """Our encoder spec read off the shapes: patch kernel, stored position table, block count, MLP width."""
-    dim, chans, ph, pw = _shape(weights, "patch_embed.weight", path, what)
+    try:
+        dim, chans, ph, pw = _shape(weights, "patch_embed.weight", path, what)
+        n = _shape(weights, "pos_embed", path, what)[-2]
+        hidden = _shape(weights, "blocks.0.mlp.fc1.weight", path, what)[0]
+    except (ValueError, IndexError):
+        raise CheckpointError(f"{path}: the {what}'s patch_embed, pos_embed or blocks.0.mlp.fc1 weight does not "
+                              "have the shape of a ViT's") from None
     if ph != pw:
         raise CheckpointError(f"{path}: patch_embed.weight {[dim, chans, ph, pw]} has a non-square patch; only "
                               "square patches are supported")
-    n = _shape(weights, "pos_embed", path, what)[1]
     grid = math.isqrt(n)
     if grid * grid != n:
         raise CheckpointError(f"{path}: pos_embed has {n} positions, not a square grid")
-    depth = depth_of(weights)
-    hidden = _shape(weights, "blocks.0.mlp.fc1.weight", path, what)[0]
-    return {"img_size": grid * ph, "patch_size": ph, "in_chans": chans, "embed_dim": dim, "depth": depth,
+    spec = {"img_size": grid * ph, "patch_size": ph, "in_chans": chans, "embed_dim": dim, "depth": depth_of(weights),
             "num_heads": heads_for(dim, num_heads, path), "mlp_ratio": mlp_ratio_of(hidden, dim)}
+    return check_spec(spec, path)
+
+
+SPEC_KEYS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
+
+
+def check_spec(spec, path: Path) -> dict:
+    """``spec`` if it describes an encoder we can build (the keys of ``SPEC_KEYS``, sizes that fit), else an error."""
+    if not isinstance(spec, dict) or set(spec) != set(SPEC_KEYS):
+        found = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
+        raise CheckpointError(f"{path}: its encoder spec must have the keys {', '.join(SPEC_KEYS)}, found {found}")
+    ints = all(isinstance(spec[k], int) and spec[k] >= 1 for k in SPEC_KEYS[:-1])
+    if not ints or not spec["mlp_ratio"] > 0 or spec["img_size"] % spec["patch_size"] \
+            or spec["embed_dim"] % spec["num_heads"]:
+        raise CheckpointError(f"{path}: its encoder spec {spec} does not describe a buildable encoder")
+    return spec
 
 
 def grid_of(spec: dict) -> tuple[int, int]:

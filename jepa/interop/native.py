@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from jepa.checkpoint import ENCODER_FORMAT, FORMAT, CheckpointError, check_checkpoint
+from jepa.checkpoint import ENCODER_FORMAT, CheckpointError, check_checkpoint
 from jepa.config import ConfigError, config_from_dict
+from jepa.data import normalisation
+from jepa.interop.layout import check_spec
 from jepa.interop.safetensors_io import metadata_json, write_safetensors
 from jepa.models import encoder_spec
 
@@ -42,7 +44,6 @@ def encoder_weights(model_state: dict, which: str = "target", source: str | Path
 
 def read_training_checkpoint(raw: dict, path: Path) -> dict:
     """A source record (both encoders, predictor, level heads) of a training checkpoint."""
-    from jepa.data import normalisation
     state = check_checkpoint(raw, path)
     cfg = saved_config(state["config"], path)
     mean, std = normalisation(cfg)
@@ -63,15 +64,15 @@ def read_pt_export(raw: dict, path: Path) -> dict:
     if missing:
         raise CheckpointError(f"{path} is an incomplete jepa encoder export ('{ENCODER_FORMAT}'): missing "
                               f"{', '.join(missing)}")
-    return export_record(raw["weights"], raw["spec"], raw["normalization"], raw.get("config"), raw.get("step"),
-                         raw.get("encoder", "target"), "jepa encoder export (.pt)")
+    return export_record(raw["weights"], check_spec(raw["spec"], path), raw["normalization"], raw.get("config"),
+                         raw.get("step"), raw.get("encoder", "target"), "jepa encoder export (.pt)")
 
 
 def read_safetensors_export(tensors: dict, meta: dict, path: Path) -> dict:
     """A source record of a v2 safetensors encoder export."""
     get = lambda key: metadata_json(meta, key, path)  # noqa: E731
-    return export_record(tensors, get("spec"), get("normalization"), get("config"), get("step"), get("encoder"),
-                         "jepa encoder export (safetensors)")
+    return export_record(tensors, check_spec(get("spec"), path), get("normalization"), get("config"), get("step"),
+                         get("encoder"), "jepa encoder export (safetensors)")
 
 
 def export_record(weights, spec, normalization, config, step, which, kind) -> dict:
@@ -86,6 +87,3 @@ def write_safetensors_export(out: Path, enc: dict, source: str) -> Path:
             **{k: json.dumps(enc[k]) for k in ("spec", "normalization", "config", "step", "encoder")}}
     return write_safetensors(out, enc["weights"], meta)
 
-
-def is_jepa_format(raw) -> bool:
-    return isinstance(raw, dict) and raw.get("format") in (FORMAT, ENCODER_FORMAT)

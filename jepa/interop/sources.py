@@ -15,8 +15,8 @@ from pathlib import Path
 from jepa.checkpoint import ENCODER_FORMAT, FORMAT, CheckpointError, load_file
 from jepa.interop.hf import hf_weights_file, read_hf_dir
 from jepa.interop.layout import strip_prefix
-from jepa.interop.native import (read_pt_export, read_safetensors_export, read_training_checkpoint,
-                                 SAFETENSORS_FORMAT)
+from jepa.interop.native import (ENCODERS, SAFETENSORS_FORMAT, read_pt_export, read_safetensors_export,
+                                 read_training_checkpoint)
 from jepa.interop.official import is_official, read_official
 from jepa.interop.safetensors_io import read_safetensors
 from jepa.interop.timm import read_timm
@@ -89,6 +89,8 @@ def pick_encoder(source: dict, which: str, path: Path) -> tuple[dict, str]:
 
 def read_encoder(path: str | Path, which: str = "target", num_heads: int | None = None) -> dict:
     """``{"weights", "spec", "normalization", "config", "step", "encoder", "kind"}`` of one encoder of any source."""
+    if which not in ENCODERS:
+        raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {which!r}")
     path = Path(path)
     source = read_source(path, num_heads)
     weights, role = pick_encoder(source, which, path)
