@@ -100,3 +100,13 @@ def test_the_train_command_reports_a_bad_init_from_in_one_line(tmp_path, capsys)
     assert err == f"error: checkpoint not found: {missing}"
     with pytest.raises(ConfigError, match="model.init_from: must be a path"):
         load_config(None, {**SMALL, "model.init_from": "''"})
+
+
+def test_evaluation_rebuilds_an_encoder_for_another_image_size(source):
+    from jepa.eval import load_source
+    trainer, ckpt = source
+    cfg, encoder, step, _ = load_source(ckpt, "target", "cpu", image_size=32)
+    assert cfg.data.image_size == 32 and encoder.grid == (8, 8) and step == 0
+    assert encoder(torch.randn(1, 1, 32, 32)).shape == (1, 64, 32)
+    with pytest.raises(ValueError, match="image size 30 must be a positive multiple of the patch size 4"):
+        load_source(ckpt, "target", "cpu", image_size=30)
