@@ -23,7 +23,7 @@ import torch
 
 from jepa import distributed as jdist
 from jepa.errors import OutputExistsError, UserError
-from jepa.io import atomic_link, atomic_save
+from jepa.io import atomic_link, atomic_save, is_safetensors
 
 log = logging.getLogger("jepa")
 
@@ -32,6 +32,7 @@ BestMetric = Literal["loss", "knn"]  # what best.pt is chosen by: lowest epoch l
 FORMAT = "jepa-checkpoint-v1"
 ENCODER_FORMAT = "jepa-encoder-v1"
 REQUIRED_KEYS = ("model", "optimizer", "step", "epoch", "batch_in_epoch", "config")
+RESUME_IGNORES = ("init_from",)  # model.init_from only matters when a run starts, so a resume may differ in it
 BEST_NAME = "best.pt"
 SUPERSEDED_DIR = "superseded"
 _NAME = re.compile(r"^ckpt_step(\d+)\.pt$")
@@ -126,8 +127,12 @@ def _unpickler_reason(e: Exception) -> str:
     return _first_line(e)
 
 
-def load_file(path: str | Path, map_location="cpu"):
-    """``torch.load(weights_only=True)``; any failure becomes a CheckpointError naming the file and the cause."""
+def load_file(path: str | Path, map_location="cpu", mmap: bool = False):
+    """``torch.load(weights_only=True)``; any failure becomes a CheckpointError naming the file and the cause.
+
+    ``mmap``: map the file instead of reading it (a large foreign checkpoint of which only part is used);
+    files in the old non-zip format cannot be mapped and are read whole.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -136,6 +141,13 @@ def load_file(path: str | Path, map_location="cpu"):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pickle-protocol notes on foreign files; the error says enough
+            if mmap:
+                try:
+                    return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+                except pickle.UnpicklingError:
+                    raise
+                except Exception:
+                    pass  # not mappable (old format, or broken: then the plain load says why)
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         reason = _unpickler_reason(e) if isinstance(e, pickle.UnpicklingError) else _first_line(e)
@@ -150,6 +162,10 @@ def load_file(path: str | Path, map_location="cpu"):
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Load a training checkpoint with ``weights_only=True``; any problem is a CheckpointError naming the file."""
     path = Path(path)
+    if is_safetensors(path):
+        raise CheckpointError(f"{path} is a safetensors file (an encoder export or foreign weights), not a training "
+                              "checkpoint: it holds no optimizer and cannot be resumed; start a run from it with "
+                              "model.init_from")
     return check_checkpoint(load_file(path, map_location), path)
 
 
@@ -183,7 +199,7 @@ def check_resumable(path: Path, state: dict, model_shapes: dict):
     problems = []
     model = state["model"]
     missing = [k for k in model_shapes if k not in model]
-    extra = [k for k in model if k not in model_shapes]
+    extra = [k for k in model if k not in model_shapes and not k.endswith("pos_embed")]  # a stored table may join
     wrong = [f"{k} {tuple(model[k].shape)} (the model has {tuple(s)})" for k, s in model_shapes.items()
              if k in model and tuple(model[k].shape) != tuple(s)]
     for what, names in (("missing weights", missing), ("unknown weights", extra), ("wrong shapes", wrong)):
@@ -210,11 +226,11 @@ def is_training_checkpoint(path: Path) -> bool:
     return bool(_NAME.match(path.name)) or (path.name == BEST_NAME and path.parent.name == "checkpoints")
 
 
-def check_output(out: str | Path, inputs: list[str | Path], force: bool = False) -> Path:
+def check_output(out: str | Path, inputs: list[str | Path], force: bool = False, allow_dir: bool = False) -> Path:
     """``out`` if writing it loses nothing: never an input file or a training checkpoint; another existing file
-    only with ``force``."""
+    (or directory, where ``allow_dir``) only with ``force``."""
     out = Path(out)
-    if out.is_dir():
+    if out.is_dir() and not allow_dir:
         raise OutputExistsError(f"--out {out} is a directory; give the path of a file")
     if not out.exists():
         return out
@@ -371,9 +387,10 @@ class Checkpointer:
         """Refuse a checkpoint of another model or mask setting (every file of the run would be refused too)."""
         saved = state["config"]
         for key in ("model", "masks"):
-            if saved.get(key) != config[key]:
-                changed = sorted(k for k in config[key] if not isinstance(saved.get(key), dict)
-                                 or saved[key].get(k) != config[key][k])
+            section = saved.get(key)
+            changed = sorted(k for k in config[key] if k not in RESUME_IGNORES and (
+                not isinstance(section, dict) or (k in section and section[k] != config[key][k])))
+            if changed:
                 raise IncompatibleCheckpointError(
                     f"{path} was written with a different '{key}' config section "
                     f"({', '.join(f'{key}.{k}' for k in changed)}); resume with the run's own config "

@@ -34,8 +34,8 @@ from jepa.checkpoint import CheckpointError, check_output, load_file
 from jepa.datasets import load_dataset
 from jepa.device import pick_device
 from jepa.errors import ConfigError
-from jepa.export import encoder_from, read_encoder, saved_config
-from jepa.io import atomic_save, atomic_write_text, file_hash
+from jepa.export import encoder_from, read_encoder, source_config, source_digest
+from jepa.io import atomic_save, atomic_write_text
 from jepa.models import Pooling, build_encoder, pool_tokens
 from jepa.models.attention import resolve_backend
 from jepa.progress import Progress
@@ -183,11 +183,15 @@ def cached_features(path: Path | None, compute) -> tuple[torch.Tensor, torch.Ten
 # ---------------------------------------------------------------- the command
 
 
-def load_source(path: Path, encoder: str, device):
-    """``(model config, trained encoder, step, checkpoint digest)`` of a training checkpoint or an encoder export."""
-    enc = read_encoder(path, encoder)
-    cfg = saved_config(enc["config"], path)
-    return cfg, encoder_from(enc, device, path), enc["step"], file_hash(path, "sha256")
+def load_source(path: Path, encoder: str, device, num_heads: int | None = None, image_size: int | None = None):
+    """``(model config, trained encoder, step, source digest)`` of anything jepa reads (docs/interop.md).
+
+    Foreign weights store no config: the returned one describes their encoder. ``image_size`` rebuilds
+    the encoder for another input size (position table interpolated or recomputed).
+    """
+    enc = read_encoder(path, encoder, num_heads=num_heads)
+    trained = encoder_from(enc, device, path, image_size)
+    return source_config(enc, path, image_size), trained, enc["step"], source_digest(path)
 
 
 def random_init_encoder(cfg, device):
@@ -202,11 +206,13 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None, protocol: str =
              features: str = "mean", baselines: bool = False, root: str | None = None,
              train_subset: int | None = None, test_subset: int | None = None, test_split: str = "test",
              batch_size: int = 256, device: str = "cpu", cache: bool = True, progress: bool = True,
-             out: str | Path | None = None) -> dict:
+             out: str | Path | None = None, num_heads: int | None = None, image_size: int | None = None) -> dict:
     """Run the protocols on a checkpoint (and baselines), write the JSON report, return it."""
     checkpoint = Path(checkpoint)
     t0 = time.time()
-    cfg, trained, step, digest = load_source(checkpoint, encoder, device)
+    cfg, trained, step, digest = load_source(checkpoint, encoder, device, num_heads, image_size)
+    if dataset is None and step is None:  # foreign weights: no step, no training config
+        raise ConfigError(f"--dataset is required: {checkpoint} holds no training config to take it from")
     name = dataset or cfg.data.dataset
     mean, std = trained.normalization["mean"], trained.normalization["std"]
     load = dict(channels=cfg.data.channels, image_size=cfg.data.image_size)
@@ -270,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jepa.eval", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="training checkpoint or exported encoder (.pt)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="training checkpoint, exported encoder, official I-JEPA .pth.tar or Hugging Face "
+                             "IJepaModel directory (docs/interop.md)")
     parser.add_argument("--dataset", help="labelled dataset to evaluate on (default: the one trained on)")
     parser.add_argument("--data-root", help="where the dataset lives (default: the usual search path)")
     parser.add_argument("--protocol", choices=("linear", "knn", "both"), default="both")
@@ -289,9 +297,13 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="JSON report path (default: next to the checkpoint)")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists (never an input or a "
                         "training checkpoint)")
+    parser.add_argument("--num-heads", type=int, help="head count of an official checkpoint (default: from the "
+                        "official width table)")
+    parser.add_argument("--image-size", type=int, help="evaluate at this input size (default: the encoder's; "
+                        "the position table is interpolated or recomputed)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    for flag in ("train_subset", "test_subset", "batch_size"):
+    for flag in ("train_subset", "test_subset", "batch_size", "num_heads", "image_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
@@ -299,8 +311,9 @@ def run(argv: list[str] | None = None) -> int:
     out = check_output(args.out, [args.checkpoint], args.force) if args.out else None
     report = evaluate(args.checkpoint, args.dataset, args.protocol, args.encoder, args.features, args.baselines,
                       args.data_root, args.train_subset, args.test_subset, args.test_split, args.batch_size,
-                      device, not args.no_cache, not args.no_progress, out)
-    print(f"{report['checkpoint']} (step {report['step']}, {report['encoder']} encoder, {report['features']} "
+                      device, not args.no_cache, not args.no_progress, out, args.num_heads, args.image_size)
+    step = "" if report["step"] is None else f"step {report['step']}, "
+    print(f"{report['checkpoint']} ({step}{report['encoder']} encoder, {report['features']} "
           f"features) on {report['dataset']}: {report['train_images']} train / {report['test_images']} "
           f"{report['test_split']} images")
     print(format_table(report))

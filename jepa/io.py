@@ -11,6 +11,7 @@ import errno
 import hashlib
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
@@ -138,6 +139,19 @@ def _copy_into(src: Path, f):
         shutil.copyfileobj(s, f)
 
 
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """Whether ``path`` starts like a safetensors file: an 8-byte little-endian header length, then a JSON object."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 2 <= n <= 100 << 20 and head[8:9] == b"{"
+
+
 def file_hash(path: str | os.PathLike, algo: str = "md5", opener=open) -> str:
     """Hex digest (``hashlib`` algorithm ``algo``) of the bytes ``opener(path, "rb")`` reads, in 1 MiB blocks."""
     h = hashlib.new(algo)
@@ -145,3 +159,37 @@ def file_hash(path: str | os.PathLike, algo: str = "md5", opener=open) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, replaceable=lambda old: False):
+    """Yield a temp directory next to ``path`` to fill; on success it becomes ``path``.
+
+    An existing ``path`` is replaced only if ``replaceable(path)`` says it is an earlier output of the
+    same kind (it is renamed aside and removed once the new directory is in place); anything else there
+    is an error, so a mistyped ``--out`` never deletes a user's folder. On failure the temp directory goes.
+    """
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and replaceable(path)):
+        raise FileExistsError(f"{path} already exists and is not an earlier export; choose another output path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp's 0700 would make the export private
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(f".{path.name}.{os.getpid()}.old") if path.exists() else None
+    if old is not None:
+        os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None:
+            os.replace(old, path)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

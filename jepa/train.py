@@ -24,6 +24,7 @@ from jepa.checkpoint import FORMAT, Checkpointer
 from jepa.config import Config, ConfigError, add_config_args, config_from_cli
 from jepa.data import Batch, TrainBatches
 from jepa.device import pick_precision, setup_process
+from jepa.interop.init import init_from
 from jepa.io import atomic_write_text
 from jepa.losses import JEPALoss
 from jepa.masks import MaskStats
@@ -63,6 +64,13 @@ class Trainer:
         self.schedules = build_schedules(cfg.optim, self.total_steps, self.steps_per_epoch)
         self.amp_dtype = pick_precision(t.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.run_dir = Path(run_dir or cfg.logging.run_dir or Path("runs") / cfg.name)
+        self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint.keep_last, self.dist)
+        state = self.checkpointer.restore(resume, cfg.to_dict(), self.data_stream(), jdist.model_shapes(self.model))
+        if state is None and cfg.model.init_from:  # every rank reads the file, before any wrapping or sharding
+            init_from(self.model, cfg)
+        elif cfg.model.init_from and self.is_main:
+            log.info("resuming: model.init_from %s is not read again", cfg.model.init_from)
         # DDP-wrapped or FSDP-sharded when distributed; before the optimizer because FSDP replaces the parameters
         self.online = jdist.wrap_model(self.model, cfg.distributed.strategy, self.dist, device)
         self.optimizer = build_optimizer(self.model, cfg.optim)
@@ -76,9 +84,6 @@ class Trainer:
         self.skipped_steps = torch.zeros((), device=device)
         self.finite_guard = FiniteGuard(device)
         self.epoch_loss, self.epoch_n = torch.zeros((), device=device), 0  # sum of the epoch's step losses
-        self.run_dir = Path(run_dir or cfg.logging.run_dir or Path("runs") / cfg.name)
-        self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint.keep_last, self.dist)
-        state = self.checkpointer.restore(resume, cfg.to_dict(), self.data_stream(), jdist.model_shapes(self.model))
         if state is not None:
             self.load_state_dict(state)
         if self.is_main:

@@ -97,11 +97,10 @@ def test_eval_errors_are_one_line_and_exit_2(run, extra, words, capsys):
 
 
 def test_a_full_disk_names_the_directory_and_the_bytes(run, tmp_path, capsys, monkeypatch):
-    def full(obj, f):
-        f.write(b"x" * 1000)
+    def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(torch, "save", full)
-    out = tmp_path / "enc.pt"
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "enc.safetensors"
     code = export_main(["--checkpoint", str(checkpoint_path(run, 3)), "--out", str(out)])
     line = one_error_line(capsys.readouterr().err)
     assert code == 2 and "no space left" in line and str(tmp_path) in line and "MB" in line
@@ -139,7 +138,7 @@ def test_outputs_never_replace_inputs_or_checkpoints_and_need_force_otherwise(ru
         assert main(["--checkpoint", str(ckpt), "--out", str(run / "checkpoints" / "best.pt"), "--force"] + extra) == 2
         capsys.readouterr()
     assert ckpt.read_bytes() == before
-    other = tmp_path / "existing.pt"
+    other = tmp_path / "existing.safetensors"
     other.write_text("keep me")
     assert export_main(["--checkpoint", str(ckpt), "--out", str(other)]) == 2
     assert "--force" in one_error_line(capsys.readouterr().err) and other.read_text() == "keep me"
@@ -172,6 +171,17 @@ def test_a_flipped_byte_fails_the_checksum(run, tmp_path):
     with pytest.raises(CheckpointError, match="fails its checksum"):
         from jepa.export import load_encoder
         load_encoder(path)
+
+
+def test_a_flipped_byte_in_an_export_fails_its_checksum(run, tmp_path):
+    from jepa.export import load_encoder
+    out = tmp_path / "enc.safetensors"
+    assert export_main(["--checkpoint", str(checkpoint_path(run, 3)), "--out", str(out)]) == 0
+    data = bytearray(out.read_bytes())
+    data[-200] ^= 0x40  # the end of a safetensors file is tensor data
+    out.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="fails its checksum"):
+        load_encoder(out)
 
 
 def test_resume_auto_skips_damaged_and_invalid_checkpoints(run, tmp_path, caplog):

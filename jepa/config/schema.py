@@ -48,6 +48,10 @@ class ModelConfig:
     """Prediction levels, 1..4; 1 is pure I-JEPA, level l compares 2^l x 2^l pooled blocks."""
     predictor_shared_context: bool = False
     """Run the predictor once over the context and all target blocks (faster; changes the function)."""
+    init_from: Optional[str] = None
+    """Start from these weights: a jepa checkpoint or export, an official I-JEPA .pth.tar or a Hugging Face
+    IJepaModel directory (docs/interop.md); null: random initialisation. Not --resume: optimizer and schedules
+    start fresh."""
 
 
 @dataclass

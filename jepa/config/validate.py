@@ -84,6 +84,8 @@ def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
            f"must divide model.embed_dim={m.embed_dim}, got {m.num_heads}")
     _check(m.pred_dim % m.pred_heads == 0, "model.pred_heads",
            f"must divide model.pred_dim={m.pred_dim}, got {m.pred_heads}")
+    _check(m.init_from is None or m.init_from.strip() != "", "model.init_from",
+           "must be a path (a checkpoint, export, official .pth.tar or Hugging Face directory) or null, got ''")
 
     for i, part in enumerate(d.mix or []):
         _check(part.name is not None, f"data.mix[{i}].name", f"is required: one of {', '.join(DATASETS)}")

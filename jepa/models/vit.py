@@ -70,6 +70,22 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def use_stored_pos_embed(module: nn.Module, table: torch.Tensor):
+    """Replace ``module``'s computed sin-cos table by ``table`` (same shape), e.g. an imported checkpoint's.
+
+    A stored table is part of the state dict from then on, so checkpoints and exports keep it.
+    """
+    if tuple(table.shape) != tuple(module.pos_embed.shape):
+        raise ValueError(f"position table of shape {list(table.shape)} does not fit {list(module.pos_embed.shape)}")
+    module.register_buffer("pos_embed", table.detach().to(module.pos_embed).clone(), persistent=True)
+
+
+def _adopt_stored_pos_embed(module, state_dict, prefix, *args):
+    """Load hook: a state dict that holds ``pos_embed`` (a stored table) makes the buffer persistent and loads it."""
+    if prefix + "pos_embed" in state_dict:
+        module.register_buffer("pos_embed", module.pos_embed, persistent=True)
+
+
 def init_weights(module: nn.Module, blocks: nn.ModuleList):
     """Truncated-normal linears/convs, zero biases, unit LayerNorms, then the depth rescale.
 
@@ -92,6 +108,8 @@ def init_weights(module: nn.Module, blocks: nn.ModuleList):
 class VisionTransformer(nn.Module):
     """ViT encoder over patches with fixed sin-cos positions and no [cls] token.
 
+    Imported weights may replace the computed position table by their own (``use_stored_pos_embed``).
+
     ``forward(x, idx)`` keeps only the tokens in ``idx`` (``[B, K]`` or ``[E, B, K]``,
     mask-major) BEFORE the blocks, so masked tokens cost nothing.
     """
@@ -107,6 +125,7 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, attention) for _ in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         init_weights(self, self.blocks)
+        self.register_load_state_dict_pre_hook(_adopt_stored_pos_embed)
 
     def embed(self, x):
         # pos_embed first: the sum takes the layout of the contiguous operand, so the tokens come out
@@ -148,6 +167,7 @@ class Predictor(nn.Module):
         self.proj = nn.Linear(pred_dim, embed_dim)
         init_weights(self, self.blocks)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.register_load_state_dict_pre_hook(_adopt_stored_pos_embed)
 
     def forward(self, ctx, ctx_idx, tgt_idx):
         if torch.compiler.is_compiling():  # a compiled graph has no Python ranges; dynamo would warn
