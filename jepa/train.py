@@ -85,6 +85,9 @@ class Trainer:
         if t.compile:
             compile_model(self.model, t.compile)
         self.ema_pairs = (list(self.model.target_encoder.parameters()), list(self.model.context_encoder.parameters()))
+        self.ema_sharded = self.dist.enabled and cfg.distributed.strategy == "fsdp"  # else the pairs are the params
+        # the EMA kernel reads the momentum from here: no host value frozen into a launch, no copy per step
+        self.ema_momentum = torch.zeros((), dtype=torch.float64, device=device)
 
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0  # steps done; loader batches of ``epoch`` consumed
         self.skipped_steps = torch.zeros((), device=device)
@@ -144,7 +147,8 @@ class Trainer:
         self.step += 1
         momentum = self.schedules.momentum_at(self.step)
         with record_function("ema"):
-            kernels.ema_update_(*jdist.local_shard_pairs(*self.ema_pairs), momentum)
+            pairs = jdist.local_shard_pairs(*self.ema_pairs) if self.ema_sharded else self.ema_pairs
+            kernels.ema_update_(*pairs, self.ema_momentum.fill_(momentum))
         parts.update({"loss": total, "lr": lr, "wd": wd, "momentum": momentum})
         return parts
 
