@@ -47,6 +47,9 @@ class ModelConfig:
     attention: str = "auto"  # auto|xformers|sdpa|math
     num_hierarchies: int = 1
     predictor_shared_context: bool = False
+    grad_checkpointing: bool = False  # recompute each block's activations in backward (context encoder, predictor)
+    drop_path: float = 0.0  # stochastic depth, linear over depth from 0 to this at the last block; 0 disables
+    layer_scale: Optional[float] = None  # LayerScale on every residual branch, initialised to this; null disables
 
 
 @dataclass
@@ -348,6 +351,9 @@ def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
     _check(m.mlp_ratio > 0, "model.mlp_ratio", f"must be > 0, got {m.mlp_ratio}")
     _choice(m.attention, ["auto", "xformers", "sdpa", "math"], "model.attention")
     _check(1 <= m.num_hierarchies <= 4, "model.num_hierarchies", f"must be in 1..4, got {m.num_hierarchies}")
+    _check(0.0 <= m.drop_path < 1.0, "model.drop_path", f"must be in [0, 1) (0 disables), got {m.drop_path}")
+    _check(m.layer_scale is None or (m.layer_scale > 0 and math.isfinite(m.layer_scale)), "model.layer_scale",
+           f"must be a positive initial value such as 1e-5, or null to disable, got {m.layer_scale}")
 
     d = cfg.data
     from jepa.datasets import DATASETS  # local: keeps config importable on its own
