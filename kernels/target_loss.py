@@ -50,19 +50,19 @@ if _dispatch.HAS_TRITON:
         rstd = tl.zeros([BLOCK_R], ACC)
         if NORMALIZE:
             m2 = tl.zeros([BLOCK_R], ACC)
-            seen = 0.0
             for c in range(0, D, BLOCK_D):  # per-chunk mean and M2, merged (Chan et al.): no E[x²] - E[x]² loss
                 cols, inside = _cols(c, D, BLOCK_D, EVEN_D)
                 mask = rmask[:, None] & inside[None, :]
                 t = tl.load(tgt + cols[None, :], mask=mask, other=0.0).to(ACC)
-                width = tl.minimum(D - c, BLOCK_D).to(ACC)
+                width = tl.minimum(D - c, BLOCK_D)
+                total = (c + width).to(ACC)  # columns merged so far, this chunk included
+                width = width.to(ACC)
+                seen = total - width
                 cmean = tl.sum(t, axis=1) / width
                 dev = tl.where(mask, t - cmean[:, None], 0.0)
                 delta = cmean - mean
-                total = seen + width
                 mean += delta * (width / total)
                 m2 += tl.sum(dev * dev, axis=1) + delta * delta * (seen * width / total)
-                seen = total
             rstd = 1.0 / tl.sqrt(m2 / D + eps)
         loss = tl.zeros([BLOCK_R], ACC)
         for c in range(0, D, BLOCK_D):

@@ -79,6 +79,20 @@ for dt in ("fp32", "fp16", "bf16"):
                  ACC="constexpr", BLOCK="constexpr"),
             dict(ACC=tl.float32, BLOCK=4096), ("grad_ptr",))
     assert "ld.global.v4" in s and "st.global.v4" in s, "scale grad " + dt
+# fp64 (what gradcheck runs): the interpreter does not type-check loop-carried values, the compiler does
+s = ptx(t._target_loss_kernel,
+        dict(pred_ptr="*fp64", tgt_ptr="*fp64", idx_ptr="*i64", partial_ptr="*fp64", dgrad_ptr="*fp64", R=I32, K=I32,
+             B=I32, D=I32, stride_tb=I32, stride_tn=I32, eps="fp32", beta="fp32", inv_beta="fp32", grad_scale="fp32",
+             KIND="constexpr", NORMALIZE="constexpr", COMPUTE_GRAD="constexpr", ACC="constexpr",
+             BLOCK_R="constexpr", BLOCK_D="constexpr", EVEN_D="constexpr"),
+        dict(KIND=1, NORMALIZE=True, COMPUTE_GRAD=True, ACC=tl.float64, BLOCK_R=4, BLOCK_D=8, EVEN_D=False), ())
+s = ptx(g._gather_bwd_rows_kernel,
+        dict(grad_ptr="*fp64", idx_ptr="*i64", out_ptr="*fp64", M=I32, B=I32, K=I32, N=I32, D=I32, ACC="constexpr",
+             BLOCK_N="constexpr", BLOCK_K="constexpr", BLOCK_D="constexpr", EVEN_D="constexpr"),
+        dict(ACC=tl.float64, BLOCK_N=8, BLOCK_K=64, BLOCK_D=8, EVEN_D=False), ())
+s = ptx(t._scale_grad_kernel,
+        dict(grad_ptr="*fp64", g_ptr="*fp32", applied_ptr="*fp64", numel="i64", pre="fp32", ACC="constexpr",
+             BLOCK="constexpr"), dict(ACC=tl.float64, BLOCK=4096), ())
 for from_ptr in (True, False):
     s = ptx(e._ema_kernel,
             dict(table_ptr="*i64", mom_ptr="*fp32", momentum="fp32", MOM_FROM_PTR="constexpr",
