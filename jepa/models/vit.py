@@ -161,6 +161,8 @@ class VisionTransformer(nn.Module):
         init_weights(self, self.blocks)
 
     def embed(self, x):
+        """Patch tokens plus positions: the residual stream, in the parameters' dtype — fp32 under autocast, where
+        the conv yields bf16 and the fp32 ``pos_embed`` promotes the sum (a measured choice: docs/performance.md)."""
         # pos_embed first: the sum takes the layout of the contiguous operand, so the tokens come out
         # contiguous instead of in the conv's [B, D, N] layout (which cost a copy in every layer norm and linear)
         return self.pos_embed + self.patch_embed(x).flatten(2).transpose(1, 2)
