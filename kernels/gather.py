@@ -31,7 +31,7 @@ if _dispatch.HAS_TRITON:
     import triton.language as tl
 
     @triton.jit
-    def _cols(c, D, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr):
+    def chunk_cols(c, D, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr):
         """Columns ``c .. c+BLOCK_D`` and whether each is inside the row (all are when EVEN_D)."""
         cols = c + tl.arange(0, BLOCK_D)
         if EVEN_D:
@@ -54,7 +54,7 @@ if _dispatch.HAS_TRITON:
         src = x_ptr + (b.to(tl.int64) * stride_xb + n.to(tl.int64) * stride_xn)[:, None]
         dst = out_ptr + (rows.to(tl.int64) * D)[:, None]
         for c in range(0, D, BLOCK_D):
-            cols, inside = _cols(c, D, BLOCK_D, EVEN_D)
+            cols, inside = chunk_cols(c, D, BLOCK_D, EVEN_D)
             mask = rmask[:, None] & inside[None, :]
             tl.store(dst + cols[None, :], tl.load(src + cols[None, :], mask=mask), mask=mask)
 
@@ -94,7 +94,7 @@ if _dispatch.HAS_TRITON:
         src = grad_ptr + (first.to(tl.int64) * D)[:, None]
         dst = out_ptr + ((b * N + ns).to(tl.int64) * D)[:, None]
         for c in range(0, D, BLOCK_D):
-            cols, inside = _cols(c, D, BLOCK_D, EVEN_D)
+            cols, inside = chunk_cols(c, D, BLOCK_D, EVEN_D)
             acc = tl.load(src + cols[None, :], mask=found[:, None] & inside[None, :], other=0.0).to(ACC)
             if repeats > 1:  # some row is indexed more than once: add the later gradient rows in order
                 cur = first
@@ -119,7 +119,7 @@ if _dispatch.HAS_TRITON:
         src = grad_ptr + (rows.to(tl.int64) * D)[:, None]
         dst = acc_ptr + ((b * N + n).to(tl.int64) * D)[:, None]
         for c in range(0, D, BLOCK_D):
-            cols, inside = _cols(c, D, BLOCK_D, EVEN_D)
+            cols, inside = chunk_cols(c, D, BLOCK_D, EVEN_D)
             mask = rmask[:, None] & inside[None, :]
             g = tl.load(src + cols[None, :], mask=mask)
             tl.atomic_add(dst + cols[None, :], g.to(acc_ptr.dtype.element_ty), mask=mask, sem="relaxed")

@@ -24,7 +24,7 @@ if _dispatch.HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from .gather import _cols, row_tiles
+    from .gather import chunk_cols, row_tiles
 
     @triton.jit(do_not_specialize=["R", "K", "B"])
     def _target_loss_kernel(
@@ -51,7 +51,7 @@ if _dispatch.HAS_TRITON:
         if NORMALIZE:
             m2 = tl.zeros([BLOCK_R], ACC)
             for c in range(0, D, BLOCK_D):  # per-chunk mean and M2, merged (Chan et al.): no E[x²] - E[x]² loss
-                cols, inside = _cols(c, D, BLOCK_D, EVEN_D)
+                cols, inside = chunk_cols(c, D, BLOCK_D, EVEN_D)
                 mask = rmask[:, None] & inside[None, :]
                 t = tl.load(tgt + cols[None, :], mask=mask, other=0.0).to(ACC)
                 width = tl.minimum(D - c, BLOCK_D)
@@ -66,7 +66,7 @@ if _dispatch.HAS_TRITON:
             rstd = 1.0 / tl.sqrt(m2 / D + eps)
         loss = tl.zeros([BLOCK_R], ACC)
         for c in range(0, D, BLOCK_D):
-            cols, inside = _cols(c, D, BLOCK_D, EVEN_D)
+            cols, inside = chunk_cols(c, D, BLOCK_D, EVEN_D)
             mask = rmask[:, None] & inside[None, :]
             t = tl.load(tgt + cols[None, :], mask=mask, other=0.0).to(ACC)
             if NORMALIZE:
