@@ -7,7 +7,8 @@
 ``step`` measures the ViT-B/16, 224 px, batch 128, bf16 training step of ``configs/bench_vitb16_224.yaml``
 with ``bench/throughput.py``'s ``measure`` (images/s, MFU against the bf16 matmul peak measured in the same
 run, peak memory, warm-up time with compilation) and appends one JSON line.  ``residual-bf16`` is the same
-eager step with the residual stream in bf16 instead of fp32 (docs/performance.md).  ``--smoke``: a tiny
+eager step with the encoders' residual streams in bf16 instead of fp32 (position tables cast to bf16; the
+predictor's stream stays fp32 through its fp32 mask token; docs/performance.md).  ``--smoke``: a tiny
 ViT on CPU with the same code path.  Needs only torch (and Triton for the kernels): no pytest.
 """
 from __future__ import annotations
@@ -158,6 +159,8 @@ def targets(k: dict) -> list[str]:
     """The issue's GPU targets, read off the bandwidth rows (triton rows at the large sizes)."""
     rows = {(r["op"], r["impl"]): r for r in k["bandwidth"]["rows"]}
     out = ["### Targets", ""]
+    if k["smoke"]:
+        return out + ["Smoke run (interpreter on CPU): the speed targets are for a GPU run.", ""]
 
     def of_copy(op):
         r = rows.get((op, "triton"))

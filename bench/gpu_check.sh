@@ -6,7 +6,7 @@
 #
 # Needs python3 with torch and Triton, nothing else (pytest only for the "tests" step, skipped without it).
 # Every step runs under its own `timeout`, cut further so that the whole run stays within JEPA_CHECK_BUDGET
-# seconds (510 on a GPU, 280 with --smoke); a step that fails or times out does not stop the ones after it.
+# seconds (510 on a GPU, 290 with --smoke); a step that fails or times out does not stop the ones after it.
 # Writes exactly these files (6, flat) into the results folder:
 #   env.txt      GPU, driver, torch, Triton, CUDA, C compiler, packages
 #   tests.txt    tests/kernels with compiled Triton (JEPA_REAL_TRITON=1)
@@ -38,7 +38,7 @@ FAILED=0
 
 if [ "$SMOKE" = 1 ]; then
     export TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES=""
-    BUDGET="${JEPA_CHECK_BUDGET:-280}"
+    BUDGET="${JEPA_CHECK_BUDGET:-290}"
     SMOKE_FLAG=(--smoke)
 else
     unset TRITON_INTERPRET

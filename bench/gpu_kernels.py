@@ -311,11 +311,15 @@ def pageable_copies(device) -> int | None:
     os_ = [torch.randn(1000, device=device) for _ in range(4)]
     mom = torch.tensor(0.99, dtype=torch.float64, device=device)
     kernels.ema_update_(ts, os_, 0.99)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for m in (0.99, mom, 0.995, mom):
-            kernels.ema_update_(ts, os_, m)
-        torch.cuda.synchronize()
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for m in (0.99, mom, 0.995, mom):
+                kernels.ema_update_(ts, os_, m)
+            torch.cuda.synchronize()
+    except Exception as e:  # noqa: BLE001 - no CUPTI: report it, keep the other results
+        print(f"pageable-copy check skipped: {e}", flush=True)
+        return None
     return sum(1 for e in prof.events() if "HtoD" in e.name and "Pageable" in e.name)
 
 
