@@ -24,7 +24,7 @@ from jepa.checkpoint import FORMAT, Checkpointer
 from jepa.config import Config, ConfigError, add_config_args, config_from_cli
 from jepa.data import Batch, TrainBatches
 from jepa.device import pick_precision, setup_process
-from jepa.interop.init import init_from
+from jepa.interop.init import start_from
 from jepa.io import atomic_write_text
 from jepa.losses import JEPALoss
 from jepa.masks import MaskStats
@@ -67,10 +67,7 @@ class Trainer:
         self.run_dir = Path(run_dir or cfg.logging.run_dir or Path("runs") / cfg.name)
         self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint.keep_last, self.dist)
         state = self.checkpointer.restore(resume, cfg.to_dict(), self.data_stream(), jdist.model_shapes(self.model))
-        if state is None and cfg.model.init_from:  # every rank reads the file, before any wrapping or sharding
-            init_from(self.model, cfg)
-        elif cfg.model.init_from and self.is_main:
-            log.info("resuming: model.init_from %s is not read again", cfg.model.init_from)
+        start_from(self.model, cfg, resumed=state is not None, announce=self.is_main)  # model.init_from
         # DDP-wrapped or FSDP-sharded when distributed; before the optimizer because FSDP replaces the parameters
         self.online = jdist.wrap_model(self.model, cfg.distributed.strategy, self.dist, device)
         self.optimizer = build_optimizer(self.model, cfg.optim)
@@ -78,7 +75,9 @@ class Trainer:
         self.target_encoder = self.model.target_encoder
         if t.compile:
             compile_model(self.model, t.compile)
-        self.ema_pairs = (list(self.model.target_encoder.parameters()), list(self.model.context_encoder.parameters()))
+        self.ema_pairs = jdist.local_shard_pairs(list(self.model.target_encoder.parameters()),  # FSDP: local shards
+                                                 list(self.model.context_encoder.parameters()))
+        self.ema_momentum = torch.zeros((), dtype=torch.float64, device=device)  # read on the device by the kernel
 
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0  # steps done; loader batches of ``epoch`` consumed
         self.skipped_steps = torch.zeros((), device=device)
@@ -135,7 +134,7 @@ class Trainer:
         self.step += 1
         momentum = self.schedules.momentum_at(self.step)
         with record_function("ema"):
-            kernels.ema_update_(*jdist.local_shard_pairs(*self.ema_pairs), momentum)
+            kernels.ema_update_(*self.ema_pairs, self.ema_momentum.fill_(momentum))
         parts.update({"loss": total, "lr": lr, "wd": wd, "momentum": momentum})
         return parts
 

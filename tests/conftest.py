@@ -2,7 +2,7 @@
 
 Triton's interpreter must be switched on before any ``@triton.jit`` decorator
 runs, so it is set here, before the project is imported.  On a GPU machine
-``JEPA_REAL_TRITON=1`` keeps the compiled kernels (see ``bench/gpu_suite.sh``).
+``JEPA_REAL_TRITON=1`` keeps the compiled kernels (see ``bench/gpu_check.sh``).
 """
 import os
 import sys

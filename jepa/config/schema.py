@@ -48,6 +48,13 @@ class ModelConfig:
     """Prediction levels, 1..4; 1 is pure I-JEPA, level l compares 2^l x 2^l pooled blocks."""
     predictor_shared_context: bool = False
     """Run the predictor once over the context and all target blocks (faster; changes the function)."""
+    grad_checkpointing: bool = False
+    """Recompute each block's activations in backward (context encoder and predictor): less memory, more time."""
+    drop_path: float = 0.0
+    """Stochastic depth: drop rate rising linearly over depth to this at the last block (not in the target
+    encoder); 0 disables."""
+    layer_scale: Optional[float] = None
+    """LayerScale on every residual branch, initialised to this value (e.g. 1e-5); null disables."""
     init_from: Optional[str] = None
     """Start from these weights: a jepa checkpoint or export, an official I-JEPA .pth.tar or a Hugging Face
     IJepaModel directory (docs/interop.md); null: random initialisation. Not --resume: optimizer and schedules

@@ -35,7 +35,7 @@ INT_RANGES = {
 }
 # float ranges per key: (low, high, low excluded)
 FLOAT_RANGES = {
-    "model.mlp_ratio": (0.0, 64.0, True), "loss.beta": (0.0, 1e6, True),
+    "model.mlp_ratio": (0.0, 64.0, True), "model.drop_path": (0.0, 0.99, False), "model.layer_scale": (0.0, 1e3, True), "loss.beta": (0.0, 1e6, True),
     "optim.lr": (0.0, 1e3, False), "optim.start_lr": (0.0, 1e3, False), "optim.final_lr": (0.0, 1e3, False),
     "optim.warmup_epochs": (0.0, 1e6, False), "optim.weight_decay": (0.0, 1e3, False),
     "optim.final_weight_decay": (0.0, 1e3, False), "optim.eps": (0.0, 1.0, True), "optim.grad_clip": (0.0, 1e12, False),

@@ -95,6 +95,15 @@ def _load_level_heads(model, source: dict, path: Path) -> str:
     return "loaded"
 
 
+def start_from(model, cfg, resumed: bool, announce: bool = True):
+    """``model.init_from`` at the start of a run, read by every rank before any wrapping or sharding; a resumed
+    run has its weights already."""
+    if cfg.model.init_from and not resumed:
+        init_from(model, cfg)
+    elif cfg.model.init_from and announce:
+        log.info("resuming: model.init_from %s is not read again", cfg.model.init_from)
+
+
 def init_from(model, cfg, path: str | Path | None = None) -> dict:
     """Load ``path`` (default ``cfg.model.init_from``) into a freshly built JEPA ``model``; returns what went where."""
     path = Path(path or cfg.model.init_from)

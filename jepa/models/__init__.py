@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from jepa.losses import pool_blocks
 from jepa.models.attention import resolve_backend
-from jepa.models.vit import Predictor, VisionTransformer
+from jepa.models.vit import DropPath, Predictor, VisionTransformer
 
 
 ModelSize = Literal["custom", "tiny", "small", "base", "large", "huge", "giant"]
@@ -40,6 +40,9 @@ class JEPA(nn.Module):
         self.target_encoder = copy.deepcopy(encoder)
         for p in self.target_encoder.parameters():
             p.requires_grad_(False)
+        for m in self.target_encoder.modules():  # its features are the regression targets: never drop paths
+            if isinstance(m, DropPath):
+                m.p = 0.0
 
     def forward(self, images, ctx_idx, tgt_idx, block_hw):
         """Context branch and predictions per level: ``(z [E·B, Kc, D], [pred level 0, level 1, ...])``."""
@@ -57,12 +60,17 @@ class JEPA(nn.Module):
 def encoder_spec(cfg) -> dict:
     """Constructor arguments of the encoder ``cfg`` describes (what an export stores to rebuild it)."""
     m, d = cfg.model, cfg.data
-    return {"img_size": d.image_size, "patch_size": m.patch_size, "in_chans": d.channels,
+    spec = {"img_size": d.image_size, "patch_size": m.patch_size, "in_chans": d.channels,
             "embed_dim": m.embed_dim, "depth": m.depth, "num_heads": m.num_heads, "mlp_ratio": m.mlp_ratio}
+    if m.layer_scale is not None:  # adds parameters; drop path and checkpointing only change training
+        spec["layer_scale"] = m.layer_scale
+    return spec
 
 
 def build_encoder(cfg, attention_backend: str = "sdpa") -> VisionTransformer:
-    return VisionTransformer(**encoder_spec(cfg), attention=attention_backend)
+    m = cfg.model
+    return VisionTransformer(**encoder_spec(cfg), attention=attention_backend, drop_path=m.drop_path,
+                             grad_checkpointing=m.grad_checkpointing)
 
 
 def build_model(cfg, device: torch.device | str = "cpu") -> JEPA:
@@ -71,7 +79,8 @@ def build_model(cfg, device: torch.device | str = "cpu") -> JEPA:
     m = cfg.model
     encoder = build_encoder(cfg, backend)
     predictor = Predictor(encoder.grid, m.embed_dim, m.pred_dim, m.pred_depth, m.pred_heads, m.mlp_ratio,
-                          backend, shared_context=m.predictor_shared_context)
+                          backend, shared_context=m.predictor_shared_context, drop_path=m.drop_path,
+                          layer_scale=m.layer_scale, grad_checkpointing=m.grad_checkpointing)
     return JEPA(encoder, predictor, m.num_hierarchies).to(device)
 
 
