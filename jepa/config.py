@@ -18,6 +18,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from jepa.bad_images import OnBadImage
 from jepa.errors import ConfigError
 
 
@@ -75,6 +76,10 @@ class DataConfig:
     std: Optional[list[float]] = None
     synthetic_size: int = 1024
     mix: Optional[list[MixPart]] = None
+    on_bad_image: OnBadImage = "skip"  # an undecodable image file: skip (replace, count, log once) or error (stop)
+    max_bad_images: int = 100  # skip stops, naming the files, once more distinct files than this have failed
+    shards: Optional[str] = None  # dataset shards: "DIR/shard-{000000..000127}.tar" (or "pipe:CMD"); index: root
+    shuffle_buffer: int = 1000  # dataset shards: samples each loader worker shuffles its stream through
 
 
 @dataclass
@@ -209,6 +214,11 @@ def _to_plain(obj):
 
 def _type_name(tp) -> str:
     origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        raise ConfigError(f"{path}: must be one of {', '.join(map(str, choices))}, got {value!r}")
     if origin is Union:
         return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None)) + (
             " or null" if type(None) in typing.get_args(tp) else "")
@@ -225,6 +235,11 @@ def _type_name(tp) -> str:
 def _coerce(value, tp, path: str):
     """Convert a YAML/CLI value to the declared type or raise ConfigError."""
     origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        raise ConfigError(f"{path}: must be one of {', '.join(map(str, choices))}, got {value!r}")
     if origin is Union:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -327,6 +342,27 @@ def _choice(value, valid, path):
     _check(value in valid, path, f"must be one of {', '.join(map(str, valid))}, got {value!r}")
 
 
+def _check_data_files(d: DataConfig, monitor_every: int):
+    """The image-file and shard keys of ``data``."""
+    from jepa.datasets.shards import expand_braces  # local, like DATASETS below
+    _choice(d.on_bad_image, typing.get_args(OnBadImage), "data.on_bad_image")
+    _check(d.max_bad_images >= 0, "data.max_bad_images", f"must be >= 0, got {d.max_bad_images}")
+    _check(d.shuffle_buffer >= 1, "data.shuffle_buffer", f"must be >= 1 (1: no shuffling), got {d.shuffle_buffer}")
+    streamed = d.dataset == "shards" and not d.mix
+    _check(d.shards is None or streamed, "data.shards", f"is only read with data.dataset: shards, not {d.dataset!r}")
+    if not streamed:
+        return
+    _check(bool(d.shards), "data.shards", "is required with data.dataset: shards: the tar shards python -m jepa.shards "
+                                          "wrote, as a brace pattern like /data/in1k/shard-{000000..000127}.tar")
+    try:
+        expand_braces(d.shards)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    _check(monitor_every == 0, "eval.every_epochs", "the k-NN monitor needs a labelled image folder, not a stream "
+                                                    "of shards; set eval.every_epochs: 0 with data.dataset: shards "
+                                                    "and evaluate checkpoints with python -m jepa.eval")
+
+
 def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
     """Check ranges and cross-field rules; fill derived fields (named model sizes)."""
     explicit = explicit or set()
@@ -353,10 +389,11 @@ def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
     from jepa.datasets import DATASETS  # local: keeps config importable on its own
     if d.mix:
         for i, part in enumerate(d.mix):
-            _choice(part.name, [x for x in DATASETS if x != "imagefolder"] + ["imagefolder"], f"data.mix[{i}].name")
+            _choice(part.name, [x for x in DATASETS if x != "shards"], f"data.mix[{i}].name")
             _check(part.weight > 0, f"data.mix[{i}].weight", f"must be > 0, got {part.weight}")
     else:
         _choice(d.dataset, DATASETS, "data.dataset")
+    _check_data_files(d, cfg.eval.every_epochs)
     _check(d.image_size >= 1, "data.image_size", f"must be >= 1, got {d.image_size}")
     _check(d.image_size % m.patch_size == 0, "model.patch_size",
            f"must divide data.image_size={d.image_size}, got {m.patch_size}")

@@ -22,6 +22,7 @@ from jepa import distributed as jdist
 from jepa.checkpoint import FORMAT, CheckpointError, Checkpointer
 from jepa.config import Config, ConfigError, add_config_args, config_from_cli
 from jepa.data import Batch, TrainBatches
+from jepa.datasets import DatasetFormatError
 from jepa.device import pick_precision, setup_process
 from jepa.io import atomic_write_text
 from jepa.losses import JEPALoss
@@ -249,7 +250,7 @@ class Trainer:
         return {"seed": self.cfg.training.seed, "world_size": self.dist.world_size,
                 "batch_size": self.cfg.data.batch_size, "batches_per_epoch": self.data.batches_per_epoch,
                 "accum_steps": self.cfg.training.accum_steps, "total_steps": self.total_steps,
-                "warmup_steps": self.schedules.warmup_steps}
+                "warmup_steps": self.schedules.warmup_steps, **self.data.stream_info()}
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly, as tensors and Python primitives (loads with weights_only=True).
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer = Trainer(cfg, run_dir=args.run_dir, resume=args.resume, profile=args.profile)
         result = trainer.train()
-    except (ConfigError, CheckpointError, FileNotFoundError, NonFiniteLossError, RuntimeError) as e:
+    except (ConfigError, CheckpointError, DatasetFormatError, FileNotFoundError, NonFiniteLossError, RuntimeError) as e:
         if isinstance(e, RuntimeError) and not isinstance(e, (CheckpointError, NonFiniteLossError)) \
                 and "xformers" not in str(e):
             raise
