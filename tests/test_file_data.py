@@ -104,8 +104,8 @@ def with_bad_files(tmp_path):
     return root
 
 
-def test_training_skips_bad_files_and_logs_each_once(with_bad_files, tmp_path, caplog):
-    cfg = cfg_for(with_bad_files, **{"data.num_workers": 2, "training.epochs": 2})
+def test_training_skips_bad_files_and_logs_each_once(with_bad_files, tmp_path, caplog, one_thread):
+    cfg = cfg_for(with_bad_files, **{"training.epochs": 2, "checkpoint.every_epochs": 0})
     with caplog.at_level(logging.WARNING, logger="jepa"):
         result = Trainer(cfg, run_dir=tmp_path / "run").train()
     assert result["stopped"] == "completed" and result["step"] == 8
@@ -116,7 +116,8 @@ def test_training_skips_bad_files_and_logs_each_once(with_bad_files, tmp_path, c
 @pytest.mark.parametrize("policy,message", [
     ("error", r"(001|004)\.jpg: (empty file|not an image).*on_bad_image is 'error'"),
     ("skip", r"2 image files: cannot be decoded, more than data.max_bad_images=1")])
-def test_the_cli_stops_on_bad_files_with_a_message_not_a_traceback(with_bad_files, tmp_path, capsys, policy, message):
+def test_the_cli_stops_on_bad_files_with_a_message_not_a_traceback(with_bad_files, tmp_path, capsys, policy, message,
+                                                                 one_thread):
     args = [f"--{k}={v}" for k, v in {**FILES, "data.root": str(with_bad_files), "data.num_workers": "2",
                                       "data.on_bad_image": policy, "data.max_bad_images": "1"}.items()]
     assert main(args + ["--run-dir", str(tmp_path / "run")]) == 1

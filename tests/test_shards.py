@@ -281,14 +281,15 @@ def test_bad_members_are_replaced_and_reported(tmp_path, labelled_shards):
     assert f"shard-000000.tar:{items[0][0].split('.')[0]}" in tb.bad_images.seen.popitem()[0]
 
 
-def test_trainer_resumes_a_shard_run_exactly(labelled_shards, tmp_path):
-    over = {"data.num_workers": 2, "training.epochs": 2}
+def test_trainer_resumes_a_shard_run_exactly(labelled_shards, tmp_path, one_thread):
+    """Through the trainer and its checkpoint (loader workers: test_resume_at_any_batch_is_exact)."""
+    over = {"data.batch_size": 8, "training.epochs": 2, "checkpoint.every_epochs": 0}
     full = Trainer(cfg_for(labelled_shards, **over), run_dir=tmp_path / "full")
-    assert full.train()["step"] == 24
-    cut = Trainer(cfg_for(labelled_shards, **over, **{"training.stop_at_step": 7}), run_dir=tmp_path / "cut")
-    assert cut.train()["stopped"] == "stop_at_step 7"
+    assert full.train()["step"] == 12
+    cut = Trainer(cfg_for(labelled_shards, **over, **{"training.stop_at_step": 4}), run_dir=tmp_path / "cut")
+    assert cut.train()["stopped"] == "stop_at_step 4"
     rest = Trainer(cfg_for(labelled_shards, **over), run_dir=tmp_path / "cut", resume="auto")
-    assert rest.step == 7 and rest.train()["step"] == 24
+    assert rest.step == 4 and rest.train()["step"] == 12
     for (name, p), q in zip(full.model.state_dict().items(), rest.model.state_dict().values()):
         assert torch.equal(p, q), f"{name} differs after resuming the shard stream"
-    assert full.data_stream()["shard_readers"] == 2
+    assert full.data_stream()["shard_readers"] == 1
