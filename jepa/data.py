@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 
 from jepa.bad_images import BadImages
 from jepa.crops import FileCrops
-from jepa.datasets import DatasetFormatError, ImageFolderDataset, MixtureDataset, dataset_stats, load_dataset
+from jepa.datasets import (DatasetFormatError, DatasetNotFoundError, ImageFolderDataset, MixtureDataset, dataset_stats,
+                           load_dataset)
 from jepa.datasets.decode import BadImageError
 from jepa.datasets.shards import ShardSet, load_shards
 from jepa.masks import MaskSampler
@@ -216,7 +217,7 @@ class ShardBatches(IterableDataset):
         reader = (self.start + (info.id if info is not None else 0)) % self.plan.workers
         try:
             yield from self.reader_batches(reader)
-        except DatasetFormatError as exc:
+        except (DatasetFormatError, DatasetNotFoundError) as exc:  # a bad or missing shard, a failed pipe: command
             yield LoaderFailure(exc)
 
     def reader_batches(self, reader: int):

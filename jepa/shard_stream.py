@@ -13,6 +13,7 @@ import random
 from typing import Iterator
 
 from jepa.datasets.shards import Sample, ShardSet
+from jepa.errors import ConfigError
 from jepa.seeds import mix_seed
 
 
@@ -57,14 +58,14 @@ class ShardPlan:
         self.world_size, self.shuffle_buffer, self.seed = world_size, shuffle_buffer, seed
         readers = world_size * self.workers
         if len(counts) < readers:
-            raise ValueError(f"data.shards names {len(counts)} shards but {world_size} process(es) x "
+            raise ConfigError(f"data.shards names {len(counts)} shards but {world_size} process(es) x "
                              f"{self.workers} loader worker(s) = {readers} readers each need their own; write more, "
                              "smaller shards (python -m jepa.shards --shard-size) or lower data.num_workers")
         self.groups = assign_shards(self.counts, readers)
         smallest = min(sum(self.counts[k] for k in g) for g in self.groups)
         self.batches_per_reader = smallest // batch_size
         if self.batches_per_reader < 1:
-            raise ValueError(f"data.batch_size={batch_size} is larger than the {smallest} samples of the smallest "
+            raise ConfigError(f"data.batch_size={batch_size} is larger than the {smallest} samples of the smallest "
                              f"reader's shards ({readers} readers); lower data.batch_size or data.num_workers")
         self.batches_per_epoch = self.batches_per_reader * self.workers
 

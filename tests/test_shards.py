@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from jepa import shards as writer
-from jepa.config import load_config
+from jepa.config import ConfigError, load_config
 from jepa.data import TrainBatches
 from jepa.datasets import DatasetFormatError, DatasetNotFoundError
 from jepa.datasets.shards import expand_braces, load_shards, shard_file_name
@@ -131,7 +131,7 @@ def test_brace_patterns_and_pipe_commands():
     assert expand_braces("{a,b}/x-{1..2}.tar") == ["a/x-1.tar", "a/x-2.tar", "b/x-1.tar", "b/x-2.tar"]
     assert expand_braces("plain.tar") == ["plain.tar"]
     for bad in ("s-{3..1}.tar", "s-{1..2.tar", "s-{x}.tar"):
-        with pytest.raises(ValueError, match="data.shards"):
+        with pytest.raises(ConfigError, match="data.shards"):
             expand_braces(bad)
     assert shard_file_name("pipe:aws s3 cp s3://b/in1k/shard-000003.tar -") == "shard-000003.tar"
     assert shard_file_name("/mnt/bucket/shard-000003.tar") == "shard-000003.tar"
@@ -167,6 +167,10 @@ def test_a_changed_or_missing_shard_is_named(shard_dir, tmp_path):
         list(shards.samples(1, {0}))
     with pytest.raises(DatasetNotFoundError, match="shard .*shard-000002.tar does not exist"):
         list(shards.samples(2, {0}))
+    cfg = cfg_for(copy, **{"data.num_workers": 2, "data.batch_size": 2})
+    with pytest.raises((DatasetNotFoundError, DatasetFormatError), match=r"shard-00000[12]\.tar") as info:
+        list(TrainBatches(cfg).epoch(0))  # raised from a loader worker as itself, without its traceback
+    assert "Traceback" not in str(info.value) and "worker" not in str(info.value)
 
 
 # ---------------------------------------------------------------- the plan
@@ -178,9 +182,9 @@ def test_readers_split_the_shards_disjointly_and_evenly():
     assert sorted(k for g in groups for k in g) == list(range(8))
     totals = [sum(counts[k] for k in g) for g in groups]
     assert max(totals) - min(totals) <= max(counts)
-    with pytest.raises(ValueError, match="8 shards but 2 process\\(es\\) x 5 loader worker"):
+    with pytest.raises(ConfigError, match="8 shards but 2 process\\(es\\) x 5 loader worker"):
         ShardPlan(counts, 2, 5, 4, 10, 0)
-    with pytest.raises(ValueError, match="data.batch_size=40 is larger"):
+    with pytest.raises(ConfigError, match="data.batch_size=40 is larger"):
         ShardPlan(counts, 2, 2, 40, 10, 0)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from jepa.datasets.errors import DatasetFormatError, DatasetNotFoundError
+from jepa.errors import ConfigError
 
 INDEX_NAME = "index.json"
 FORMAT = "jepa-shards"
@@ -37,19 +38,19 @@ def expand_braces(pattern: str) -> list[str]:
         return [pattern]
     end = pattern.find("}", start)
     if end < 0:
-        raise ValueError(f"data.shards: unmatched '{{' in {pattern!r}")
+        raise ConfigError(f"data.shards: unmatched '{{' in {pattern!r}")
     body, head, tail = pattern[start + 1:end], pattern[:start], pattern[end + 1:]
     match = _RANGE.fullmatch(pattern[start:end + 1])
     if match:
         lo, hi = int(match[1]), int(match[2])
         if hi < lo:
-            raise ValueError(f"data.shards: empty range {{{body}}} in {pattern!r}")
+            raise ConfigError(f"data.shards: empty range {{{body}}} in {pattern!r}")
         width = len(match[1]) if match[1].startswith("0") else 0
         choices = [str(v).zfill(width) for v in range(lo, hi + 1)]
     elif "," in body:
         choices = body.split(",")
     else:
-        raise ValueError(f"data.shards: '{{{body}}}' in {pattern!r} is neither a range {{000..127}} nor a list {{a,b}}")
+        raise ConfigError(f"data.shards: '{{{body}}}' in {pattern!r} is neither a range {{000..127}} nor a list {{a,b}}")
     return [head + c + rest for c in choices for rest in expand_braces(tail)]
 
 
@@ -57,10 +58,13 @@ def shard_file_name(url: str) -> str:
     """The shard's file name, which the index lists: the path's last part, or for ``pipe:`` the last word
     ending in ``.tar``."""
     if url.startswith("pipe:"):
-        words = [w.rstrip(";|&") for w in shlex.split(url[5:])]
+        try:
+            words = [w.rstrip(";|&") for w in shlex.split(url[5:])]
+        except ValueError as exc:
+            raise ConfigError(f"data.shards: cannot split the pipe command {url!r} into words: {exc}") from None
         tars = [w for w in words if w.endswith(".tar")]
         if not tars:
-            raise ValueError(f"data.shards: no word ending in .tar in the pipe command {url!r}; the shard's file "
+            raise ConfigError(f"data.shards: no word ending in .tar in the pipe command {url!r}; the shard's file "
                              "name must appear in it so that its index entry can be found")
         return tars[-1].rsplit("/", 1)[-1]
     return Path(url).name
@@ -217,7 +221,7 @@ def load_shards(pattern: str, root: str | None, channels: int, image_size: int) 
     """The :class:`ShardSet` of ``data.shards`` (brace pattern) with the index of ``data.root`` or beside them."""
     urls = expand_braces(pattern)
     if len(set(urls)) != len(urls):
-        raise ValueError(f"data.shards: {pattern!r} names some shards twice")
+        raise ConfigError(f"data.shards: {pattern!r} names some shards twice")
     if not urls[0].startswith("pipe:"):
         urls = [os.path.expanduser(u) for u in urls]
     path = find_index(urls, root)
