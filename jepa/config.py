@@ -214,11 +214,6 @@ def _to_plain(obj):
 
 def _type_name(tp) -> str:
     origin = typing.get_origin(tp)
-    if origin is typing.Literal:
-        choices = typing.get_args(tp)
-        if value in choices:
-            return value
-        raise ConfigError(f"{path}: must be one of {', '.join(map(str, choices))}, got {value!r}")
     if origin is Union:
         return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None)) + (
             " or null" if type(None) in typing.get_args(tp) else "")
