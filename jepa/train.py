@@ -236,7 +236,7 @@ class Trainer:
         return {"seed": self.cfg.training.seed, "world_size": self.dist.world_size,
                 "batch_size": self.cfg.data.batch_size, "batches_per_epoch": self.data.batches_per_epoch,
                 "accum_steps": self.cfg.training.accum_steps, "total_steps": self.total_steps,
-                "warmup_steps": self.schedules.warmup_steps}
+                "warmup_steps": self.schedules.warmup_steps, **self.data.stream_info()}
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly, as tensors and Python primitives (loads with weights_only=True).

@@ -11,6 +11,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
+from jepa.bad_images import OnBadImage
 from jepa.checkpoint import BestMetric
 from jepa.datasets import DatasetName
 from jepa.device import Precision
@@ -109,6 +110,15 @@ class DataConfig:
     """Images of the synthetic dataset (tests and benchmarks)."""
     mix: Optional[list[MixPart]] = None
     """A weighted mixture of datasets instead of data.dataset."""
+    on_bad_image: OnBadImage = "skip"
+    """An image file that cannot be decoded: skip (replace it, count it, name it once) or error (stop)."""
+    max_bad_images: int = 100
+    """With skip: stop, naming the files, once more distinct files than this have failed."""
+    shards: Optional[str] = None
+    """With data.dataset: shards, the tar shards python -m jepa.shards wrote: "DIR/shard-{000000..000127}.tar"
+    (or "pipe:CMD"); the index is looked up in data.root or beside them."""
+    shuffle_buffer: int = 1000
+    """With data.dataset: shards, the samples each loader worker shuffles its stream through (1: no shuffling)."""
 
 
 @dataclass

@@ -6,13 +6,17 @@ together (patch grid, mask geometry, batch vs subset) are decided from the confi
 """
 from __future__ import annotations
 
+import functools
 import warnings
+
+import torch
 
 from jepa.config.schema import VICREG_DEFAULTS, Config
 from jepa.datasets import DATASETS
+from jepa.datasets.shards import expand_braces
 from jepa.device import DEVICE
 from jepa.errors import ConfigError
-from jepa.masks import block_size
+from jepa.masks import MaskSampler, block_size
 from jepa.models import MODEL_SIZES
 
 BIG = 1 << 40  # an upper bound for counts that only need to be sane
@@ -23,7 +27,8 @@ INT_RANGES = {
     "model.patch_size": (1, 4096), "model.pred_dim": (1, 1 << 16), "model.pred_depth": (1, 1024),
     "model.pred_heads": (1, 1024), "model.num_hierarchies": (1, 4),
     "data.image_size": (1, 1 << 15), "data.batch_size": (1, 1 << 20), "data.num_workers": (0, 1024),
-    "data.subset": (1, BIG), "data.synthetic_size": (1, 1 << 24),
+    "data.subset": (1, BIG), "data.synthetic_size": (1, 1 << 24), "data.max_bad_images": (0, BIG),
+    "data.shuffle_buffer": (1, 1 << 24),
     "masks.nenc": (1, 64), "masks.npred": (1, 64), "masks.min_keep": (0, BIG),
     "training.epochs": (1, 1 << 20), "training.accum_steps": (1, 1 << 16), "training.seed": (0, (1 << 63) - 1),
     "training.stop_at_step": (1, BIG),
@@ -88,8 +93,10 @@ def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
            "must be a path (a checkpoint, export, official .pth.tar or Hugging Face directory) or null, got ''")
 
     for i, part in enumerate(d.mix or []):
-        _check(part.name is not None, f"data.mix[{i}].name", f"is required: one of {', '.join(DATASETS)}")
+        _check(part.name is not None and part.name != "shards", f"data.mix[{i}].name",
+               f"must be one of {', '.join(n for n in DATASETS if n != 'shards')}, got {part.name!r}")
         _check(0 < part.weight <= 1e6, f"data.mix[{i}].weight", f"must be in (0, 1e6], got {part.weight}")
+    _check_data_files(d, cfg.eval.every_epochs)
     _check(d.image_size % m.patch_size == 0, "model.patch_size",
            f"must divide data.image_size={d.image_size}, got {m.patch_size}")
     grid = d.image_size // m.patch_size
@@ -144,6 +151,20 @@ def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
     return cfg
 
 
+def _check_data_files(d, monitor_every: int):
+    """The shard keys of ``data``: only with data.dataset: shards, where they are required."""
+    streamed = d.dataset == "shards" and not d.mix
+    _check(d.shards is None or streamed, "data.shards", f"is only read with data.dataset: shards, not {d.dataset!r}")
+    if not streamed:
+        return
+    _check(bool(d.shards), "data.shards", "is required with data.dataset: shards: the tar shards python -m jepa.shards "
+                                          "wrote, as a brace pattern like /data/in1k/shard-{000000..000127}.tar")
+    expand_braces(d.shards)
+    _check(monitor_every == 0, "eval.every_epochs", "the k-NN monitor needs a labelled image folder, not a stream "
+                                                    "of shards; set eval.every_epochs: 0 with data.dataset: shards "
+                                                    "and evaluate checkpoints with python -m jepa.eval")
+
+
 def _check_masks(cfg: Config, side: int):
     """Mask geometry that cannot work on the patch grid, decided from the block-size rule over all draws."""
     k = cfg.masks
@@ -153,12 +174,27 @@ def _check_masks(cfg: Config, side: int):
     _check(k.min_keep <= ch * cw, "masks.min_keep",
            f"must be <= {ch * cw}, the smallest context block masks.enc_scale={list(k.enc_scale)} gives on the "
            f"{side}x{side} grid ({ch}x{cw}), got {k.min_keep}")
-    if k.allow_overlap:
-        return
-    # npred blocks of bh x bw can cover the grid (and leave an image no context) once they can tile it
-    sizes = {block_size(i / 100, grid, k.pred_scale, k.aspect_ratio) for i in range(101)}
-    tiles, (bh, bw) = min(((-(-side // bh)) * (-(-side // bw)), (bh, bw)) for bh, bw in sizes)
-    _check(k.npred < tiles, "masks.npred",
-           f"must be < {tiles} with masks.pred_scale={list(k.pred_scale)} on the {side}x{side} grid: {tiles} "
-           f"target blocks of {bh}x{bw} can cover every patch and leave an image no context, got {k.npred} "
-           "(lower masks.npred or masks.pred_scale, or set masks.allow_overlap)")
+    if not k.allow_overlap:
+        failed = _batches_without_context((side, side), tuple(k.enc_scale), tuple(k.pred_scale),
+                                          tuple(k.aspect_ratio), k.nenc, k.npred, k.min_keep)
+        _check(failed == 0, "masks.npred",
+               f"{k.npred} target blocks (masks.pred_scale={list(k.pred_scale)}) covered the whole {side}x{side} grid "
+               f"of some image, leaving it no context, in {failed} of {PROBE_BATCHES} trial batches; lower "
+               "masks.npred or masks.pred_scale, or set masks.allow_overlap")
+
+
+PROBE_BATCHES = 16
+
+
+@functools.lru_cache(maxsize=64)
+def _batches_without_context(grid, enc_scale, pred_scale, aspect_ratio, nenc, npred, min_keep) -> int:
+    """In how many of ``PROBE_BATCHES`` seeded batches of 64 the sampler (after its target redraws) is left
+    with an image whose targets cover the whole grid. Cached: a config is validated many times."""
+    sampler = MaskSampler(grid, enc_scale, pred_scale, aspect_ratio, nenc, npred, min_keep)
+    failed = 0
+    for seed in range(PROBE_BATCHES):
+        try:
+            sampler.sample(64, torch.Generator().manual_seed(seed))
+        except ConfigError:
+            failed += 1
+    return failed

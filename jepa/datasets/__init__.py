@@ -11,6 +11,7 @@ from typing import Literal
 
 from jepa.datasets.cifar import CIFAR, load_cifar
 from jepa.datasets.convert import LUMA_WEIGHTS, convert_images
+from jepa.datasets.decode import BadImageError
 from jepa.datasets.downloads import DOWNLOADS, _checksum_problem, download  # noqa: F401 (tests use it)
 from jepa.datasets.errors import DatasetFormatError, DatasetNotFoundError, DownloadError
 from jepa.datasets.folder import IMAGE_EXTENSIONS, ImageFolderDataset, load_imagefolder  # noqa: F401
@@ -26,6 +27,7 @@ from jepa.errors import ConfigError
 _download = download
 
 __all__ = [
+    "BadImageError",
     "DATASETS",
     "DatasetName",
     "DatasetNotFoundError",
@@ -41,7 +43,7 @@ __all__ = [
     "read_idx",
 ]
 
-DatasetName = Literal["fashion_mnist", "mnist", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic"]
+DatasetName = Literal["fashion_mnist", "mnist", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic", "shards"]
 DATASETS: tuple[str, ...] = typing.get_args(DatasetName)
 
 _NUM_CLASSES = {"fashion_mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "stl10": 10}
@@ -61,6 +63,7 @@ _STATS = {
     "stl10": _IMAGENET_STATS,
     "imagefolder": _IMAGENET_STATS,
     "synthetic": _IMAGENET_STATS,
+    "shards": _IMAGENET_STATS,
 }
 
 
@@ -85,6 +88,9 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
         raise ValueError(f"image_size={image_size!r} for dataset {name!r}; must be a positive int or None")
     if subset is not None and (not isinstance(subset, int) or subset <= 0):
         raise ValueError(f"subset={subset!r} for dataset {name!r}; must be a positive int or None")
+    if name == "shards":
+        raise ValueError("shards are streamed for training only (data.shards); to evaluate or monitor, load the "
+                         "image folder they were written from (dataset imagefolder)")
     split = resolve_split(name, split)
 
     if name == "synthetic":
