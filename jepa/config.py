@@ -6,6 +6,7 @@ would be valid, so a user never meets a traceback from deep inside the trainer.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import difflib
 import math
@@ -19,6 +20,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from jepa.errors import ConfigError
+from jepa.probes.settings import FinetuneConfig, ProbeConfig, check_downstream
 
 
 
@@ -141,6 +143,9 @@ class LoggingConfig:
     log_every: int = 10
     tensorboard: bool = True
     progress: bool = True
+    rankme_batch: Optional[int] = None  # held-out images for train/rankme; null: data.batch_size, 0: off
+    collapse_warn_fraction: float = 0.25  # warn once when train/rankme < this x its step-0 value; 0: never
+    images_every_epochs: Optional[int] = None  # TensorBoard pictures; null: at each checkpoint epoch, 0: never
 
 
 @dataclass
@@ -189,6 +194,8 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     profiling: ProfilingConfig = field(default_factory=ProfilingConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
@@ -452,6 +459,14 @@ def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
     _check(not (cfg.distributed.strategy == "fsdp" and cfg.eval.every_epochs > 0), "eval.every_epochs",
            "the k-NN monitor runs on rank 0 alone and cannot read FSDP-sharded weights; set eval.every_epochs: 0 "
            "with distributed.strategy fsdp and evaluate checkpoints with python -m jepa.eval")
+    lg = cfg.logging
+    _check(lg.rankme_batch is None or lg.rankme_batch >= 0, "logging.rankme_batch",
+           f"must be >= 0 (0 turns train/rankme off) or null (data.batch_size), got {lg.rankme_batch}")
+    _check(0 <= lg.collapse_warn_fraction < 1, "logging.collapse_warn_fraction",
+           f"must be in [0, 1) (0 never warns), got {lg.collapse_warn_fraction}")
+    _check(lg.images_every_epochs is None or lg.images_every_epochs >= 0, "logging.images_every_epochs",
+           f"must be >= 0 (0: no pictures) or null (at each checkpoint epoch), got {lg.images_every_epochs}")
+    check_downstream(cfg)
     return cfg
 
 
@@ -553,10 +568,22 @@ def config_from_cli(parser: argparse.ArgumentParser, argv: list[str] | None = No
     return cfg, args
 
 
-def config_from_dict(raw: dict) -> Config:
-    """Rebuild a Config saved with ``to_dict`` (checkpoints, exports)."""
-    raw = dict(raw)
+def _yaml_value(value):
+    """A CLI string read as YAML (``3`` is an int, ``null`` None); anything else, or unparsable text, as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def config_from_dict(raw: dict, overrides: dict[str, Any] | None = None) -> Config:
+    """Rebuild a Config saved with ``to_dict`` (checkpoints, exports), then apply dotted ``overrides``."""
+    raw = copy.deepcopy(raw)
     raw.pop("__source__", None)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, _yaml_value(value))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the run warned when it started; a reader need not
         return validate(_build(Config, raw))
