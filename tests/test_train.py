@@ -14,7 +14,7 @@ from jepa.train import Trainer, main
 SMALL = {"model.embed_dim": "48", "model.depth": "2", "model.num_heads": "2", "model.pred_dim": "24",
          "model.pred_depth": "1", "model.pred_heads": "2", "masks.min_keep": "4", "data.batch_size": "32",
          "data.subset": "256", "training.epochs": "1", "optim.warmup_epochs": "0.5", "logging.log_every": "2",
-         "logging.progress": "false"}
+         "logging.progress": "false", "logging.images_every_epochs": "0"}  # pictures: tests/test_visualize.py
 
 
 def small_cfg(**over):
