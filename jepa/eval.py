@@ -354,7 +354,7 @@ def finetune_label(key: str) -> str:
         return f"fine-tune {key[len('finetune_shots'):]}-shot"
     if key.startswith("finetune_frac"):
         return f"fine-tune {100 * float(key[len('finetune_frac'):]):g} %"
-    return "fine-tune"
+    return "full fine-tune"
 
 
 def format_table(report: dict) -> str:
@@ -366,7 +366,8 @@ def format_table(report: dict) -> str:
         cols += [(f"knn_k.{k}" if k != KNN["k"] else "knn", f"k-NN top-1 (k={k})") for k in ks]
     cols += [(c, h) for c, h in (("linear_sgd", "SGD linear probe top-1"), ("attentive", "attentive probe top-1"))
              if c in present]
-    cols += [(c, finetune_label(c) + " top-1") for c in sorted(present) if c.startswith("finetune")]
+    tuned = sorted((c for c in present if c.startswith("finetune")), key=lambda c: (c == "finetune", c))
+    cols += [(c, finetune_label(c) + " top-1") for c in tuned]
 
     def cell(r, col):
         v = r.get("knn_k", {}).get(col.split(".")[1]) if col.startswith("knn_k.") else r.get(col)

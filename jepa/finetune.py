@@ -57,7 +57,7 @@ class Classifier(nn.Module):
 
 
 def layer_of(name: str, depth: int) -> int:
-    """Layer of a ``Classifier`` parameter for the LR decay: patch embedding 0, block i → i + 1, the rest depth + 1."""
+    """Layer of a ``Classifier`` parameter for the LR decay: patch embedding 0, block i → i + 1, rest depth + 1."""
     if name.startswith("encoder.patch_embed."):
         return 0
     if name.startswith("encoder.blocks."):
@@ -85,43 +85,33 @@ class Finetuner:
                  encoder: str = "target", root: str | None = None, train_subset: int | None = None,
                  test_subset: int | None = None, resume: str | None = None, command: list[str] | None = None):
         self.cfg, ft = cfg, cfg.finetune
-        self.checkpoint, self.fraction, self.shots, self.init, self.which = Path(checkpoint), fraction, shots, init, \
-            encoder
+        self.checkpoint, self.init, self.which = Path(checkpoint), init, encoder
+        self.fraction, self.shots = fraction, shots
+        self.lowshot = shots is not None or fraction not in (None, 1)
         device, self.dist = setup_process(cfg)
         if self.dist.enabled:
             raise ConfigError("python -m jepa.finetune runs in one process; start it without torchrun")
-        self.device = device
+        self.device, self.amp_dtype = device, pick_precision(cfg.training.precision, device)
         _, trained, self.source_step, self.digest = load_source(self.checkpoint, encoder, device)
-        self.normalization = trained.normalization
-        enc = trained if init == "pretrained" else random_init_encoder(cfg, device)
+        mean, std = trained.normalization["mean"], trained.normalization["std"]
+        self.transform = EvalTransform(cfg.data.image_size, mean, std)
+        self.augment = training_augment(cfg, mean, std) if ft.augment else None
         self.dataset = dataset or cfg.data.dataset
         load = dict(channels=cfg.data.channels, image_size=cfg.data.image_size)
         self.train_ds = load_dataset(self.dataset, "train", root, subset=train_subset, **load)
         self.test_ds = load_dataset(self.dataset, "test", root, subset=test_subset, **load)
-        labels = self.train_ds.labels
-        self.indices = low_shot_indices(labels, ft.seed, fraction, shots) if (fraction or shots) else \
-            labelled_indices(self.train_ds)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(ft.seed)
-            self.model = Classifier(enc, self.train_ds.num_classes).to(device).train()
-        depth = len(enc.blocks)
-        self.optimizer = torch.optim.AdamW(
-            layer_decay_groups(self.model.named_parameters(), lambda n: layer_of(n, depth), depth + 1,
-                               ft.weight_decay, ft.layer_decay), lr=ft.lr, betas=(0.9, 0.999))
+        self.indices = low_shot_indices(self.train_ds.labels, ft.seed, fraction, shots)
+        self.model, self.optimizer = self.build(trained if init == "pretrained" else random_init_encoder(cfg, device))
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.batch_size = min(ft.batch_size, len(self.indices))
         self.steps_per_epoch = len(self.indices) // self.batch_size
-        self.epochs = ft.lowshot_epochs if (fraction or shots) else ft.epochs
+        self.epochs = ft.lowshot_epochs if self.lowshot else ft.epochs
         self.total_steps = self.epochs * self.steps_per_epoch
         self.schedules = Schedules(self.total_steps, int(round(ft.warmup_fraction * self.total_steps)), ft.lr, 0.0,
                                    ft.final_lr, ft.weight_decay, ft.weight_decay)
-        self.amp_dtype = pick_precision(cfg.training.precision, device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
-        mean, std = self.normalization["mean"], self.normalization["std"]
-        self.transform = EvalTransform(cfg.data.image_size, mean, std)
-        self.augment = training_augment(cfg, mean, std) if ft.augment else None
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-        self.epoch_loss, self.epoch_n = 0.0, 0
+        self.epoch_loss, self.epoch_n = torch.zeros((), device=device), 0
         self.run_dir = Path(run_dir or default_run_dir(self.checkpoint, self.dataset, fraction, shots, init))
         self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint.keep_last, self.dist, "finetune", command)
         state = self.checkpointer.restore(resume, cfg.to_dict(), self.data_stream())
@@ -129,6 +119,17 @@ class Finetuner:
             self.load_state_dict(state)
         atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.logger = TrainLogger(cfg, self.run_dir, self.dist, device, None, self.batch_size, self.step)
+
+    def build(self, encoder) -> tuple[Classifier, torch.optim.AdamW]:
+        """The classifier (head initialised under ``finetune.seed``) and AdamW with layer-wise LR decay."""
+        ft = self.cfg.finetune
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(ft.seed)
+            model = Classifier(encoder, self.train_ds.num_classes).to(self.device).train()
+        depth = len(encoder.blocks)
+        groups = layer_decay_groups(model.named_parameters(), lambda n: layer_of(n, depth), depth + 1,
+                                    ft.weight_decay, ft.layer_decay)
+        return model, torch.optim.AdamW(groups, lr=ft.lr, betas=(0.9, 0.999))
 
     def data_stream(self) -> dict:
         return {"seed": self.cfg.finetune.seed, "train_images": len(self.indices), "batch_size": self.batch_size,
@@ -174,7 +175,7 @@ class Finetuner:
                                 self.steps_per_epoch):
                 metrics = self.train_step(x, y)
                 self.batch_in_epoch += 1
-                self.epoch_loss, self.epoch_n = self.epoch_loss + float(metrics["loss"]), self.epoch_n + 1
+                self.epoch_loss, self.epoch_n = self.epoch_loss + metrics["loss"], self.epoch_n + 1
                 if self.logger.due(self.step):
                     self.logger.log(self.step, metrics)
                 if stop_at is not None and self.step >= stop_at:
@@ -182,8 +183,8 @@ class Finetuner:
                 if stop.requested:
                     return self.stop_and_save("stopped by signal", "signal")
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-            self.logger.scalar("train/epoch_loss", self.epoch_loss / max(self.epoch_n, 1), self.step)
-            self.epoch_loss, self.epoch_n = 0.0, 0
+            self.logger.scalar("train/epoch_loss", float(self.epoch_loss) / max(self.epoch_n, 1), self.step)
+            self.epoch_loss, self.epoch_n = torch.zeros((), device=self.device), 0
             every = self.cfg.checkpoint.every_epochs
             if self.epoch >= self.epochs or (every and self.epoch % every == 0):
                 self.checkpointer.save(self.step, self.state_dict)
@@ -221,7 +222,7 @@ class Finetuner:
         return {"format": FORMAT, "kind": "finetune", "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
                 "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "epoch_loss": [self.epoch_loss, self.epoch_n], "data_stream": self.data_stream(),
+                "epoch_loss": [float(self.epoch_loss), self.epoch_n], "data_stream": self.data_stream(),
                 "rng": rng_state(self.device), "config": self.cfg.to_dict()}
 
     def load_state_dict(self, state: dict):
@@ -230,7 +231,8 @@ class Finetuner:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.epoch_loss, self.epoch_n = state.get("epoch_loss", [0.0, 0])
+        loss_sum, self.epoch_n = state.get("epoch_loss", [0.0, 0])
+        self.epoch_loss = torch.full((), loss_sum, device=self.device)
         restore_rng(state["rng"], self.device)
 
 

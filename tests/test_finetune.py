@@ -118,3 +118,26 @@ def test_finetune_cli(checkpoint, tmp_path, capsys):
     assert "model.depth" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(checkpoint), "--shots", "2", "--fraction", "0.1"])
+
+
+def test_downstream_benchmark_smoke(checkpoint, tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    path = Path(__file__).resolve().parents[1] / "bench" / "downstream_fashion_mnist.py"
+    spec = importlib.util.spec_from_file_location("downstream", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "results"
+    assert bench.main(["--checkpoint", str(checkpoint), "--out-dir", str(out), "--train-subset", "200",
+                       "--test-subset", "50", "--skip-random-finetune", "--", "--probe.sgd_epochs", "1",
+                       "--probe.attentive_epochs", "1", "--probe.batch_size", "100", "--finetune.epochs", "1",
+                       "--finetune.lowshot_epochs", "1", "--logging.progress", "false"]) == 0
+    result = json.loads((out / "downstream_fashion_mnist.json").read_text())
+    pre = result["report"]["results"]["pretrained"]
+    assert {"linear", "knn", "knn_k", "linear_sgd", "attentive", "finetune", "finetune_shots10"} <= set(pre)
+    assert "finetune" not in result["report"]["results"]["random_init"]  # --skip-random-finetune
+    assert set(result["seconds"]) == {"evaluation (all probes, baselines)", "fine-tune 10-shot (pretrained)",
+                                      "fine-tune full (pretrained)"}
+    md = (out / "downstream_fashion_mnist.md").read_text()
+    assert "| pre-trained |" in md and "fine-tune 10-shot top-1 | full fine-tune top-1 |" in md

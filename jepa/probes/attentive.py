@@ -4,12 +4,12 @@ The V-JEPA evaluation style: the encoder stays frozen and its tokens are compute
 pooling and the head learn. Protocol (``ProbeConfig``): the encoder's output tokens are standardised per
 channel with the mean and std over all train tokens (one streamed pass: JEPA features carry a large
 component shared by all images, which would otherwise swamp what tells them apart, as for the linear
-probes); ``attentive_queries`` learned queries attend over them in one cross-attention block (LayerNorm on the tokens, multi-head attention with
-``attentive_heads`` heads, residual; LayerNorm, GELU MLP of width 4·D, residual); the queries' outputs are
-averaged, layer-normed and fed to a linear classifier. AdamW (betas 0.9/0.999, weight decay
-``attentive_weight_decay`` on weights only), linear warm-up from 0 over ``attentive_warmup_epochs`` to
-``attentive_lr``, cosine to 0, ``attentive_epochs`` epochs of batch ``batch_size`` in a seeded order, no
-augmentation; top-1 on the test split after the last epoch.
+probes); ``attentive_queries`` learned queries attend over them in one cross-attention block (LayerNorm on
+the tokens, multi-head attention with ``attentive_heads`` heads, residual; LayerNorm, GELU MLP of width 4·D,
+residual); the queries' outputs are averaged, layer-normed and fed to a linear classifier. AdamW (betas
+0.9/0.999, weight decay ``attentive_weight_decay`` on weights only), linear warm-up from 0 over
+``attentive_warmup_epochs`` to ``attentive_lr``, cosine to 0, ``attentive_epochs`` epochs of batch
+``batch_size`` in a seeded order, no augmentation; top-1 on the test split after the last epoch.
 """
 from __future__ import annotations
 
