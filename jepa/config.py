@@ -144,7 +144,7 @@ class LoggingConfig:
     tensorboard: bool = True
     progress: bool = True
     rankme_batch: Optional[int] = None  # held-out images for train/rankme; null: data.batch_size, 0: off
-    collapse_warn_fraction: float = 0.25  # warn once when train/rankme < this x its step-0 value; 0: never
+    collapse_warn_fraction: float = 0.6  # warn once when train/rankme < this x its step-0 value; 0: never
     images_every_epochs: Optional[int] = None  # TensorBoard pictures; null: at each checkpoint epoch, 0: never
 
 

@@ -90,7 +90,10 @@ def held_out_images(cfg, n: int, train_dataset) -> tuple[torch.Tensor, str]:
 
 
 class CollapseMonitor:
-    """RankMe of the target embeddings (token means) of a fixed held-out batch: ``train/rankme`` and a collapse alarm.
+    """RankMe of the centred target embeddings (token means) of a fixed held-out batch: ``train/rankme`` and a
+    collapse alarm. Centred, because at initialisation one vector shared by all images dominates a ViT's
+    token means (RankMe ~1.6 uncentred, whatever happens next); centred, it is the effective rank of how the
+    images spread (docs/monitoring.md).
 
     The batch (``logging.rankme_batch`` images, default one training batch so a compiled encoder needs no new
     graph) is chosen and measured at construction, when the weights are those of step 0; that value is the
@@ -108,7 +111,7 @@ class CollapseMonitor:
             self.images = images.to(device)
             self.start = float(self.measure()["rankme"])
             log.info("collapse alarm: RankMe of %d held-out %s is %.1f at step 0 (of at most %d)", len(images), where,
-                     self.start, min(len(images), getattr(encoder, "embed_dim", len(images))))
+                     self.start, min(len(images) - 1, getattr(encoder, "embed_dim", len(images))))
 
     @torch.no_grad()
     def measure(self) -> dict[str, torch.Tensor]:
@@ -117,7 +120,8 @@ class CollapseMonitor:
             return {}
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
             h = self.encoder(self.images)
-        return {"rankme": rankme(h.float().mean(dim=1))}
+        z = h.float().mean(dim=1)
+        return {"rankme": rankme(z - z.mean(dim=0))}
 
     def collapsing(self, value: float) -> bool:
         return bool(self.fraction) and self.start is not None and value < self.fraction * self.start

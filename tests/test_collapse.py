@@ -23,8 +23,9 @@ SMALL = {"model.embed_dim": "32", "model.depth": "2", "model.num_heads": "2", "m
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def orthonormal(n, r, g):
-    return torch.linalg.qr(torch.randn(n, r, generator=g, dtype=torch.float64))[0]
+def orthonormal(n, r, g, centred=False):
+    x = torch.randn(n, r, generator=g, dtype=torch.float64)
+    return torch.linalg.qr(x - x.mean(0) if centred else x)[0]
 
 
 def test_rankme_of_embeddings_of_known_rank():
@@ -56,11 +57,12 @@ def test_collapse_alarm_warns_once_and_marks_the_progress_line(caplog):
     cfg = load_config(None, {**SMALL, "logging.rankme_batch": "16", "logging.collapse_warn_fraction": "0.5",
                              "logging.tensorboard": "false"})
     g = torch.Generator().manual_seed(1)
-    encoder = FixedEncoder(orthonormal(16, 8, g) @ orthonormal(8, 8, g).T)  # rank 8, equal singular values
+    # rank 8 with equal singular values around a mean that the monitor removes (centred columns)
+    encoder = FixedEncoder(orthonormal(16, 8, g, centred=True) @ orthonormal(8, 8, g).T + 3.0)
     monitor = CollapseMonitor(cfg, encoder, load_dataset("fashion_mnist", "train", subset=64), torch.device("cpu"),
                               torch.float32)
     assert monitor.images.shape == (16, 1, 28, 28) and monitor.start == pytest.approx(8, rel=1e-3)
-    encoder.means = orthonormal(16, 3, g) @ orthonormal(8, 3, g).T  # rank 3 < 0.5 x 8
+    encoder.means = orthonormal(16, 3, g, centred=True) @ orthonormal(8, 3, g).T - 1.0  # rank 3 < 0.5 x 8
     stream = io.StringIO()
     logger = TrainLogger(cfg, None, DistInfo(), torch.device("cpu"), None, 32, alarm=monitor)
     logger.show_progress = True
@@ -90,17 +92,18 @@ def test_held_out_batch_is_fixed_test_images_else_training_images():
 def test_trainer_logs_rankme_from_step_0_and_it_measures_the_target_encoder(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     trainer = Trainer(load_config(None, SMALL), run_dir=tmp_path)
-    with torch.no_grad():
-        want0 = rankme(trainer.target_encoder(trainer.collapse.images).mean(1)).item()
+    def centred_rankme():
+        with torch.no_grad():
+            z = trainer.target_encoder(trainer.collapse.images).mean(1)
+        return rankme(z - z.mean(0)).item()
+    want0 = centred_rankme()
     assert trainer.collapse.images.shape[0] == 32 and trainer.collapse.start == pytest.approx(want0, rel=1e-6)
     trainer.train()
     ea = EventAccumulator(str(tmp_path / "tb"))
     ea.Reload()
     logged = {e.step: e.value for e in ea.Scalars("train/rankme")}
     assert sorted(logged) == [0, 2, 4] and logged[0] == pytest.approx(want0, rel=1e-5)
-    with torch.no_grad():
-        want4 = rankme(trainer.target_encoder(trainer.collapse.images).mean(1)).item()
-    assert logged[4] == pytest.approx(want4, rel=1e-5)
+    assert logged[4] == pytest.approx(centred_rankme(), rel=1e-5)
     assert "train/target_std" in ea.Tags()["scalars"]
 
 
