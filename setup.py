@@ -15,9 +15,12 @@ setup(
         "pillow>=9.0",
         "numpy",
         "tensorboard>=2.14",
+        "safetensors>=0.4",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "torch-tb-profiler>=0.4", "hypothesis>=6"],
+        # transformers: the tests load our Hugging Face exports with IJepaModel (it needs no torchvision)
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "torch-tb-profiler>=0.4", "hypothesis>=6", "transformers>=4.47"],
+        "hf": ["transformers>=4.47"],
         "cuda": ["xformers"],
     },
     entry_points={"console_scripts": ["jepa-train=jepa.train:main", "jepa-eval=jepa.eval:main"]},

@@ -11,7 +11,8 @@ def reference_apply_masks(x, masks):
 
 def _setup(env, requires_grad):
     s = env.sizes
-    x = torch.randn(s["B"], s["N"], s["D"], device=env.device, dtype=env.dtype, requires_grad=requires_grad)
+    # fp32: the residual stream (and so the context tokens) stays fp32 under autocast (docs/performance.md)
+    x = torch.randn(s["B"], s["N"], s["D"], device=env.device, dtype=torch.float32, requires_grad=requires_grad)
     idx = env.mask_indices(s["M"], s["B"], s["K"], s["N"])
     return s, x, idx
 
@@ -27,7 +28,7 @@ def bench_gather_forward(run_bench, env, impl):
 def bench_gather_forward_backward(run_bench, env, impl):
     s, x, idx = _setup(env, True)
     rows = s["M"] * s["B"] * s["K"]
-    grad = torch.randn(s["M"] * s["B"], s["K"], s["D"], device=env.device, dtype=env.dtype)
+    grad = torch.randn(s["M"] * s["B"], s["K"], s["D"], device=env.device, dtype=x.dtype)
     op = reference_apply_masks if impl == "reference" else kernels.masked_gather
 
     def fn():

@@ -9,8 +9,10 @@ with ``--benchmark-only``, or when a file is named on the command line.  The oth
 ``JEPA_BENCH_SCALE`` = ``full`` (ViT-B/16 at 224 px, B=128; real ViT-S/B/L parameter lists)
 or ``small`` (B=16; 1/6 of the blocks).  Default: ``full`` on CUDA, ``small`` on CPU.
 ``JEPA_BENCH_THREADS`` sets the CPU thread count (default: torch's).
-On CUDA, gather/loss inputs are bf16 (the AMP training dtype) and all three
-implementations are timed; on CPU, fp32 and only the PyTorch paths.
+Inputs have the dtypes the model produces: fp32 context tokens for the gather and fp32 targets for
+the loss (the residual stream is fp32 under autocast), predictions in the autocast dtype (bf16 on
+CUDA, fp32 on CPU).  These are CPU benchmarks first: on a GPU, ``bench/gpu_check.sh`` measures the
+kernels at realistic sizes with the L2 cache flushed (B = 128 here fits in a GPU's L2).
 """
 import os
 from fnmatch import fnmatch

@@ -6,40 +6,115 @@ so a process killed at any instant leaves the previous file intact.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
 import pickle
+import pickletools
 import re
 import shlex
 import sys
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from jepa import distributed as jdist
-from jepa.io import atomic_link, atomic_save
+from jepa.errors import OutputExistsError, UserError
+from jepa.io import atomic_link, atomic_save, is_safetensors
 
 log = logging.getLogger("jepa")
 
 
+BestMetric = Literal["loss", "knn"]  # what best.pt is chosen by: lowest epoch loss, or highest k-NN top-1
 FORMAT = "jepa-checkpoint-v1"
 ENCODER_FORMAT = "jepa-encoder-v1"
 REQUIRED_KEYS = ("model", "optimizer", "step", "epoch", "batch_in_epoch", "config")
+RESUME_IGNORES = ("init_from",)  # model.init_from only matters when a run starts, so a resume may differ in it
 BEST_NAME = "best.pt"
 SUPERSEDED_DIR = "superseded"
 _NAME = re.compile(r"^ckpt_step(\d+)\.pt$")
 _TEMP = re.compile(r"^\.(ckpt_step\d+\.pt|best\.pt)\..+\.tmp$")  # our own temp files only
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file is missing, corrupt, truncated or not ours."""
+
+
+class IncompatibleCheckpointError(CheckpointError):
+    """A valid checkpoint written for another model or mask setting: resuming from any file of the run would fail."""
+
+
+CHECKSUM_KEY = "checksum"
+
+
+def state_digest(state: dict) -> str:
+    """SHA-256 of everything in ``state`` but its checksum: tensors by dtype, shape and bytes, the rest by repr."""
+    h = hashlib.sha256()
+    _digest_into(h, {k: v for k, v in state.items() if k != CHECKSUM_KEY})
+    return "sha256:" + h.hexdigest()
+
+
+def _digest_into(h, obj):
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(obj, dict):
+        h.update(b"{")
+        for key in sorted(obj, key=repr):
+            h.update(repr(key).encode() + b":")
+            _digest_into(h, obj[key])
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[")
+        for item in obj:
+            _digest_into(h, item)
+        h.update(b"]")
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r},".encode())
+
+
+def with_checksum(state: dict) -> dict:
+    """``state`` plus the checksum its reader verifies."""
+    return {**state, CHECKSUM_KEY: state_digest(state)}
+
+
+def verify_checksum(state, path: Path):
+    """A CheckpointError if ``state`` carries a checksum that its content no longer matches (files from before
+    checksums carry none and are read as they are)."""
+    if isinstance(state, dict) and CHECKSUM_KEY in state:
+        stored, actual = state[CHECKSUM_KEY], state_digest(state)
+        if stored != actual:
+            raise CheckpointError(f"{path} fails its checksum: the file was changed or damaged after it was written "
+                                  f"(stored {str(stored)[:23]}..., content {actual[:23]}...)")
 
 
 def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+_GLOBAL = re.compile(r"unsupported global:?\s+(?:GLOBAL\s+)?([\w.]+)", re.IGNORECASE)
+_CODE_OPS = {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+
+
+def _pickled_object(path: Path, error: Exception) -> str | None:
+    """What shows that ``path`` holds pickled Python objects (a class or function to import), or None."""
+    found = _GLOBAL.search(str(error))
+    if found:
+        return f"GLOBAL {found.group(1)}"
+    try:
+        with open(path, "rb") as f:
+            data = f.read(1 << 26)
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in _CODE_OPS:
+                return f"pickle opcode {op.name}{f' {arg}' if arg else ''}"
+    except Exception:  # not a plain pickle stream: nothing to show
+        return None
+    return None
 
 
 def _unpickler_reason(e: Exception) -> str:
@@ -52,8 +127,12 @@ def _unpickler_reason(e: Exception) -> str:
     return _first_line(e)
 
 
-def load_file(path: str | Path, map_location="cpu"):
-    """``torch.load(weights_only=True)``; any failure becomes a CheckpointError naming the file and the cause."""
+def load_file(path: str | Path, map_location="cpu", mmap: bool = False):
+    """``torch.load(weights_only=True)``; any failure becomes a CheckpointError naming the file and the cause.
+
+    ``mmap``: map the file instead of reading it (a large foreign checkpoint of which only part is used);
+    files in the old non-zip format cannot be mapped and are read whole.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -62,13 +141,20 @@ def load_file(path: str | Path, map_location="cpu"):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pickle-protocol notes on foreign files; the error says enough
+            if mmap:
+                try:
+                    return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+                except pickle.UnpicklingError:
+                    raise
+                except Exception:
+                    pass  # not mappable (old format, or broken: then the plain load says why)
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         reason = _unpickler_reason(e) if isinstance(e, pickle.UnpicklingError) else _first_line(e)
-        if "Unsupported global" in reason:
-            raise CheckpointError(
-                f"cannot read checkpoint {path}: torch.load(weights_only=True) refused it because it holds pickled "
-                f"Python objects, so it is not a jepa checkpoint ({reason})") from None
+        code = _pickled_object(path, e)
+        if code:
+            raise CheckpointError(f"{path} holds pickled Python objects: refused (a jepa checkpoint holds only "
+                                  f"tensors and plain values; found {code})") from None
         raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or truncated "
                               f"({path.stat().st_size} bytes; {reason})") from None
 
@@ -76,6 +162,10 @@ def load_file(path: str | Path, map_location="cpu"):
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Load a training checkpoint with ``weights_only=True``; any problem is a CheckpointError naming the file."""
     path = Path(path)
+    if is_safetensors(path):
+        raise CheckpointError(f"{path} is a safetensors file (an encoder export or foreign weights), not a training "
+                              "checkpoint: it holds no optimizer and cannot be resumed; start a run from it with "
+                              "model.init_from")
     return check_checkpoint(load_file(path, map_location), path)
 
 
@@ -90,6 +180,16 @@ def check_checkpoint(state, path: Path) -> dict:
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"{path} is an incomplete jepa checkpoint: missing {', '.join(missing)}")
+    verify_checksum(state, path)
+    problems = [f"'{k}' is {type(state[k]).__name__} {state[k]!r}, not a count >= 0" for k in ("step", "epoch",
+                "batch_in_epoch") if type(state[k]) is not int or state[k] < 0]
+    problems += [f"'{k}' is {type(state[k]).__name__}, not a mapping" for k in ("model", "optimizer", "config")
+                 if not isinstance(state[k], dict)]
+    if isinstance(state["model"], dict):
+        problems += [f"'model.{k}' is {type(v).__name__}, not a tensor" for k, v in state["model"].items()
+                     if not isinstance(v, torch.Tensor)][:3]
+    if problems:
+        raise CheckpointError(f"{path} is not a valid jepa checkpoint: {'; '.join(problems)}")
     return state
 
 
@@ -105,6 +205,55 @@ def restore_rng(rng: dict, device: torch.device):
     torch.set_rng_state(rng["torch"])
     if device.type == "cuda" and "cuda" in rng:
         torch.cuda.set_rng_state(rng["cuda"], device)
+def check_resumable(path: Path, state: dict, model_shapes: dict):
+    """A CheckpointError unless ``state`` holds what resuming reads: weights of ``model_shapes``' names and shapes,
+    an optimizer state, the RNG state and typed counters."""
+    problems = []
+    model = state["model"]
+    missing = [k for k in model_shapes if k not in model]
+    extra = [k for k in model if k not in model_shapes and not k.endswith("pos_embed")]  # a stored table may join
+    wrong = [f"{k} {tuple(model[k].shape)} (the model has {tuple(s)})" for k, s in model_shapes.items()
+             if k in model and tuple(model[k].shape) != tuple(s)]
+    for what, names in (("missing weights", missing), ("unknown weights", extra), ("wrong shapes", wrong)):
+        if names:
+            problems.append(f"{what}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}")
+    opt = state["optimizer"]
+    if not (isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)):
+        problems.append("the optimizer entry has no 'state' and 'param_groups'")
+    rng = state.get("rng")
+    if not (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor) and rng["torch"].dtype == torch.uint8):
+        problems.append("no RNG state ('rng.torch', a uint8 tensor)")
+    loss = state.get("epoch_loss", [0.0, 0])
+    if not (isinstance(loss, list) and len(loss) == 2 and isinstance(loss[0], (int, float)) and type(loss[1]) is int):
+        problems.append(f"'epoch_loss' is {loss!r}, not [sum, count]")
+    for key, kind in (("best_metric", (int, float)), ("skipped_steps", int), ("scaler", dict), ("data_stream", dict)):
+        if key in state and not isinstance(state[key], kind):
+            problems.append(f"'{key}' is {type(state[key]).__name__}")
+    if problems:
+        raise CheckpointError(f"{path} cannot be resumed: {'; '.join(problems)}")
+
+
+def is_training_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is named like a run's checkpoint (``ckpt_stepN.pt`` or ``best.pt`` in ``checkpoints/``)."""
+    return bool(_NAME.match(path.name)) or (path.name == BEST_NAME and path.parent.name == "checkpoints")
+
+
+def check_output(out: str | Path, inputs: list[str | Path], force: bool = False, allow_dir: bool = False) -> Path:
+    """``out`` if writing it loses nothing: never an input file or a training checkpoint; another existing file
+    (or directory, where ``allow_dir``) only with ``force``."""
+    out = Path(out)
+    if out.is_dir() and not allow_dir:
+        raise OutputExistsError(f"--out {out} is a directory; give the path of a file")
+    if not out.exists():
+        return out
+    for source in inputs:
+        if Path(source).exists() and os.path.samefile(out, source):
+            raise OutputExistsError(f"--out {out} is the input {source}; refusing to overwrite it (choose another path)")
+    if is_training_checkpoint(out):
+        raise OutputExistsError(f"--out {out} is a training checkpoint; refusing to overwrite it (choose another path)")
+    if not force:
+        raise OutputExistsError(f"--out {out} already exists; pass --force to replace it")
+    return out
 
 
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:
@@ -125,11 +274,17 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def find_latest_valid(run_dir: str | Path, map_location="cpu", warn=print):
-    """The newest checkpoint that loads, skipping (and naming) broken ones; ``(None, None)`` if none."""
+def find_latest_valid(run_dir: str | Path, map_location="cpu", warn=print, check=None):
+    """The newest checkpoint that loads, passes its checksum and the schema (and ``check(path, state)``),
+    skipping and naming the others; ``(None, None)`` if none. An IncompatibleCheckpointError stops the search."""
     for path in list_checkpoints(run_dir):
         try:
-            return path, load_checkpoint(path, map_location)
+            state = load_checkpoint(path, map_location)
+            if check is not None:
+                check(path, state)
+            return path, state
+        except IncompatibleCheckpointError:
+            raise
         except CheckpointError as e:
             warn(f"skipping unusable checkpoint {path}: {e}")
     return None, None
@@ -197,7 +352,7 @@ class Checkpointer:
         state = state_dict() if collective else None
         if self.dist.is_main:
             if not (self.saved_step == step and path.is_file()):
-                atomic_save(state if state is not None else state_dict(), path)
+                atomic_save(with_checksum(state if state is not None else state_dict()), path)
                 self.saved_step = step
             if is_best:
                 atomic_link(path, path.parent / BEST_NAME)
@@ -205,11 +360,12 @@ class Checkpointer:
         jdist.barrier(self.dist)
         return path
 
-    def restore(self, resume: str | None, config: dict, data_stream: dict) -> dict | None:
+    def restore(self, resume: str | None, config: dict, data_stream: dict, model_shapes: dict) -> dict | None:
         """The state to continue from: ``resume`` is a file, ``auto`` (the newest valid checkpoint) or None.
 
         Without ``resume`` a run dir that already holds checkpoints is refused, so a repeated command never
-        overwrites or prunes another run's checkpoints. Checkpoints newer than the one resumed are set aside.
+        overwrites or prunes another run's checkpoints. ``auto`` skips, naming them, checkpoints that fail their
+        checksum or the schema (``model_shapes``: parameter name -> shape). Newer checkpoints are set aside.
         """
         if not resume:
             existing = list_checkpoints(self.run_dir)
@@ -217,18 +373,24 @@ class Checkpointer:
                 raise CheckpointError(f"{self.run_dir} already holds checkpoints (newest: {existing[0].name}); "
                                       "continue that run with --resume auto, or give a new run another --run-dir")
             return None
+
+        def check(path, state):
+            self._check_compatible(path, state, config)
+            check_resumable(path, state, model_shapes)
         if resume == "auto":
-            path, state = find_latest_valid(self.run_dir, warn=log.warning) if self.dist.is_main else (None, None)
+            path, state = (find_latest_valid(self.run_dir, warn=log.warning, check=check) if self.dist.is_main
+                           else (None, None))
             path = jdist.broadcast_object(path, self.dist)  # every rank resumes from the file rank 0 chose
             if path is None:
                 log.info("--resume auto: no valid checkpoint in %s, starting fresh", self.run_dir / "checkpoints")
                 self._set_aside_newer(0)
                 return None
-            if state is None:
-                state = load_checkpoint(path)
         else:
-            path, state = Path(resume), load_checkpoint(resume)
-        self._check_compatible(path, state, config, data_stream)
+            path, state = Path(resume), None
+        if state is None:
+            state = load_checkpoint(path)
+            check(path, state)
+        self._warn_other_stream(path, state, data_stream)
         self.best_metric = state.get("best_metric", math.inf)
         jdist.barrier(self.dist)  # every rank has read the file before rank 0 moves newer ones
         self._set_aside_newer(state["step"])
@@ -237,20 +399,26 @@ class Checkpointer:
                      state["batch_in_epoch"])
         return state
 
-    def _check_compatible(self, path: Path, state: dict, config: dict, data_stream: dict):
-        """Refuse another kind of run, model or mask setting; warn when the data stream or schedule differ."""
+    def _check_compatible(self, path: Path, state: dict, config: dict):
+        """Refuse a checkpoint of another kind of run, model or mask setting (every file of the run would be refused
+        too)."""
         kind = state.get("kind", "pretrain")
         if kind != self.kind:
             tool = "jepa.finetune" if kind == "finetune" else "jepa.train"
-            raise CheckpointError(f"{path} is a {kind} checkpoint, not a {self.kind} one: continue it with "
-                                  f"python -m {tool}")
+            raise IncompatibleCheckpointError(f"{path} is a {kind} checkpoint, not a {self.kind} one: continue it "
+                                              f"with python -m {tool}")
         saved = state["config"]
         for key in ("model", "masks"):
-            if saved.get(key) != config[key]:
-                changed = sorted(k for k in config[key] if saved.get(key, {}).get(k) != config[key][k])
-                raise CheckpointError(f"{path} was written with a different '{key}' config section "
-                                      f"({', '.join(f'{key}.{k}' for k in changed)}); resume with the run's own "
-                                      f"config ({self.run_dir / 'config.yaml'})")
+            section = saved.get(key)
+            changed = sorted(k for k in config[key] if k not in RESUME_IGNORES and (
+                not isinstance(section, dict) or (k in section and section[k] != config[key][k])))
+            if changed:
+                raise IncompatibleCheckpointError(
+                    f"{path} was written with a different '{key}' config section "
+                    f"({', '.join(f'{key}.{k}' for k in changed)}); resume with the run's own config "
+                    f"({self.run_dir / 'config.yaml'})")
+
+    def _warn_other_stream(self, path: Path, state: dict, data_stream: dict):
         stream = state.get("data_stream", {})
         changed = [f"{k} {stream[k]} -> {v}" for k, v in data_stream.items() if k in stream and stream[k] != v]
         if changed and self.dist.is_main:

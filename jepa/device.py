@@ -1,13 +1,15 @@
 """Where and in which precision a run computes: the device and autocast dtype a config asks for."""
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import torch
 
 import kernels
+from kernels.dispatch import interpreting
 from jepa import distributed as jdist
-from jepa.errors import ConfigError
+from jepa.errors import ConfigError, DeviceError
 from jepa.profiling import tune_cpu_allocator
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -19,17 +21,37 @@ def mps_available() -> bool:
     return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` is CUDA, then Apple MPS, then the CPU; a device this machine lacks is a ConfigError."""
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:(0|[1-9][0-9]{0,3}))?)$")
+
+
+def pick_device(name: str, key: str = "training.device") -> torch.device:
+    """``auto`` is CUDA, then Apple MPS, then the CPU; a device this machine lacks is a ConfigError naming ``key``."""
+    if not DEVICE.match(name):
+        raise ConfigError(f"{key}: must be auto, cpu, mps, cuda or cuda:N, got {name!r}")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("mps") if mps_available() else torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"training.device={name}: CUDA is not available on this machine (use auto or cpu)")
+        raise ConfigError(f"{key}={name}: CUDA is not available on this machine (use auto or cpu)")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"{key}={name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                          f"numbered from 0")
     if name == "mps" and not mps_available():
-        raise ConfigError("training.device=mps: Apple MPS is not available on this machine (use auto or cpu)")
+        raise ConfigError(f"{key}=mps: Apple MPS is not available on this machine (use auto or cpu)")
     return torch.device(name)
+
+
+def check_kernels(name: str, device: torch.device):
+    """``training.kernels: triton`` needs Triton and CUDA tensors (or Triton's CPU interpreter)."""
+    if name != "triton":
+        return
+    if not kernels.HAS_TRITON:
+        raise DeviceError("training.kernels=triton: triton is not importable on this machine (it ships for Linux "
+                          "x86-64 with CUDA); use training.kernels: auto or torch")
+    if device.type != "cuda" and not interpreting():
+        raise DeviceError(f"training.kernels=triton needs a CUDA device, but the run is on {device.type}; use "
+                          "training.kernels: auto or torch (TRITON_INTERPRET=1 runs the kernels on a CPU, slowly)")
 
 
 def pick_precision(name: str, device: torch.device) -> torch.dtype:
@@ -46,6 +68,7 @@ def setup_process(cfg) -> tuple[torch.device, jdist.DistInfo]:
     dist = jdist.init_distributed(cfg.distributed.backend, device.type)
     if device.type == "cuda" and dist.enabled:  # init_distributed has set it current
         device = torch.device("cuda", dist.local_rank)
+    check_kernels(t.kernels, device)
     kernels.set_backend(t.kernels)
     if t.deterministic:
         torch.use_deterministic_algorithms(True)

@@ -11,6 +11,7 @@ import contextlib
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -35,6 +36,10 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+DistBackend = Literal["auto", "nccl", "gloo"]
+DistStrategy = Literal["ddp", "fsdp"]  # replicated weights, or fully_shard on the ViT blocks
 
 
 def init_distributed(backend: str = "auto", device_type: str = "cpu") -> DistInfo:
@@ -192,6 +197,11 @@ def local_shard_pairs(targets: list, onlines: list) -> tuple[list[torch.Tensor],
 def _full_options(**kw):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
     return StateDictOptions(full_state_dict=True, **kw)
+
+
+def model_shapes(model) -> dict[str, tuple[int, ...]]:
+    """Name -> full (unsharded) shape of every entry of the model's state dict."""
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def model_state(model) -> dict:

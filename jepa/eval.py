@@ -37,15 +37,21 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from jepa.checkpoint import CheckpointError, load_file
+from jepa import cli
+from jepa.checkpoint import CheckpointError, check_output, load_file
 from jepa.config import config_from_dict, parse_overrides
+from jepa.datasets import load_dataset
 from jepa.device import pick_device
 from jepa.errors import ConfigError
-from jepa.io import atomic_save, atomic_write_text, file_hash
+from jepa.export import encoder_from, read_encoder, source_config, source_digest
+from jepa.io import atomic_save, atomic_write_text
+from jepa.models import Pooling, build_encoder, pool_tokens
+from jepa.models.attention import resolve_backend
 from jepa.probes.attentive import attentive_probe
 from jepa.probes.data import training_augment
 from jepa.probes.linear_sgd import linear_sgd_probe
 from jepa.progress import Progress
+from jepa.transforms import EvalTransform
 
 log = logging.getLogger("jepa")
 
@@ -54,23 +60,12 @@ PROTOCOLS: tuple[str, ...] = Protocol.__args__
 LINEAR_PROBE = {"optimizer": "L-BFGS (full batch, strong Wolfe line search, history 20)", "max_iter": 300,
                 "l2": 1e-4, "standardize": True}
 KNN = {"k": 20, "also_k": [10, 100], "temperature": 0.07, "similarity": "cosine"}
-FEATURES = ("mean", "last4")
+FEATURES: tuple[str, ...] = Pooling.__args__
 METHODS = {"pretrained": "pre-trained", "random_init": "random init", "raw_pixels": "raw pixels"}
 CACHE_VERSION = "features-v1"
 
 
 # ---------------------------------------------------------------- features
-
-
-def pool_tokens(encoder, x: torch.Tensor, features: str = "mean") -> torch.Tensor:
-    """``[B, D]`` token-mean of the encoder output, or ``[B, k·D]`` for the last ``k = min(4, depth)`` blocks."""
-    if features == "mean":
-        return encoder(x).mean(dim=1)
-    if features == "last4":
-        n = min(4, len(encoder.blocks))
-        _, blocks = encoder(x, return_block_outputs=n)
-        return torch.cat([encoder.norm(b).mean(dim=1) for b in blocks], dim=1)
-    raise ValueError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
 
 
 @torch.no_grad()
@@ -231,18 +226,19 @@ def cached_features(path: Path | None, compute) -> tuple[torch.Tensor, torch.Ten
 # ---------------------------------------------------------------- the command
 
 
-def load_source(path: Path, encoder: str, device):
-    """``(model config, trained encoder, step, checkpoint digest)`` of a training checkpoint or an encoder export."""
-    from jepa.export import encoder_from, read_encoder, saved_config
-    enc = read_encoder(path, encoder)
-    cfg = saved_config(enc["config"], path)
-    return cfg, encoder_from(enc, device, path), enc["step"], file_hash(path, "sha256")
+def load_source(path: Path, encoder: str, device, num_heads: int | None = None, image_size: int | None = None):
+    """``(model config, trained encoder, step, source digest)`` of anything jepa reads (docs/interop.md).
+
+    Foreign weights store no config: the returned one describes their encoder. ``image_size`` rebuilds
+    the encoder for another input size (position table interpolated or recomputed).
+    """
+    enc = read_encoder(path, encoder, num_heads=num_heads)
+    trained = encoder_from(enc, device, path, image_size)
+    return source_config(enc, path, image_size), trained, enc["step"], source_digest(path)
 
 
 def random_init_encoder(cfg, device):
     """The encoder the run started from: built under ``training.seed`` without touching the global RNG."""
-    from jepa.models import build_encoder
-    from jepa.models.attention import resolve_backend
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.training.seed)
         enc = build_encoder(cfg, resolve_backend(cfg.model.attention, device))
@@ -253,18 +249,19 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None, protocol: str =
              features: str = "mean", baselines: bool = False, root: str | None = None,
              train_subset: int | None = None, test_subset: int | None = None, test_split: str = "test",
              batch_size: int = 256, device: str = "cpu", cache: bool = True, progress: bool = True,
-             out: str | Path | None = None, overrides: dict | None = None) -> dict:
+             out: str | Path | None = None, num_heads: int | None = None, image_size: int | None = None,
+             overrides: dict | None = None) -> dict:
     """Run the protocols on a checkpoint (and baselines), write (or add to) the JSON report, return it.
 
     ``overrides``: dotted config keys (``{"probe.sgd_epochs": 5}``) applied to the checkpoint's config.
     """
-    from jepa.datasets import load_dataset
-    from jepa.transforms import EvalTransform
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     checkpoint = Path(checkpoint)
     t0 = time.time()
-    cfg, trained, step, digest = load_source(checkpoint, encoder, device)
+    cfg, trained, step, digest = load_source(checkpoint, encoder, device, num_heads, image_size)
+    if dataset is None and step is None:  # foreign weights: no step, no training config
+        raise ConfigError(f"--dataset is required: {checkpoint} holds no training config to take it from")
     if overrides:
         cfg = config_from_dict(cfg.to_dict(), overrides)
     name = dataset or cfg.data.dataset
@@ -381,9 +378,15 @@ def format_table(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return cli.run(run, argv)
+
+
+def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jepa.eval", description=__doc__.splitlines()[0],
                                      epilog="--probe.key value overrides a probe setting (docs/evaluation.md)")
-    parser.add_argument("--checkpoint", required=True, help="training checkpoint or exported encoder (.pt)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="training checkpoint, exported encoder, official I-JEPA .pth.tar or Hugging Face "
+                             "IJepaModel directory (docs/interop.md)")
     parser.add_argument("--dataset", help="labelled dataset to evaluate on (default: the one trained on)")
     parser.add_argument("--data-root", help="where the dataset lives (default: the usual search path)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="both",
@@ -402,26 +405,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--out", help="JSON report path (default: next to the checkpoint)")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists (never an input or a "
+                        "training checkpoint)")
+    parser.add_argument("--num-heads", type=int, help="head count of an official checkpoint (default: from the "
+                        "official width table)")
+    parser.add_argument("--image-size", type=int, help="evaluate at this input size (default: the encoder's; "
+                        "the position table is interpolated or recomputed)")
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    for flag in ("train_subset", "test_subset", "batch_size"):
+    for flag in ("train_subset", "test_subset", "batch_size", "num_heads", "image_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
-    try:
-        overrides = parse_overrides(rest)
-        bad = [k for k in overrides if not k.startswith("probe.")]
-        if bad:
-            parser.error(f"unrecognized arguments: {' '.join('--' + k for k in bad)} (only --probe.* settings can "
-                         "be overridden here)")
-        device = str(pick_device(args.device))
-        report = evaluate(args.checkpoint, args.dataset, args.protocol, args.encoder, args.features, args.baselines,
-                          args.data_root, args.train_subset, args.test_subset, args.test_split, args.batch_size,
-                          device, not args.no_cache, not args.no_progress, args.out, overrides)
-    except (CheckpointError, ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"{report['checkpoint']} (step {report['step']}, {report['encoder']} encoder, {report['features']} "
+    overrides = parse_overrides(rest)
+    bad = [k for k in overrides if not k.startswith("probe.")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join('--' + k for k in bad)} (only --probe.* settings can be "
+                     "overridden here)")
+    device = str(pick_device(args.device, "--device"))
+    out = check_output(args.out, [args.checkpoint], args.force) if args.out else None
+    report = evaluate(args.checkpoint, args.dataset, args.protocol, args.encoder, args.features, args.baselines,
+                      args.data_root, args.train_subset, args.test_subset, args.test_split, args.batch_size,
+                      device, not args.no_cache, not args.no_progress, out, args.num_heads, args.image_size, overrides)
+    step = "" if report["step"] is None else f"step {report['step']}, "
+    print(f"{report['checkpoint']} ({step}{report['encoder']} encoder, {report['features']} "
           f"features) on {report['dataset']}: {report['train_images']} train / {report['test_images']} "
           f"{report['test_split']} images")
     print(format_table(report))

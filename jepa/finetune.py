@@ -24,7 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
-from jepa.checkpoint import FORMAT, CheckpointError, Checkpointer, restore_rng, rng_state
+from jepa import cli
+from jepa import distributed as jdist
+from jepa.checkpoint import FORMAT, Checkpointer, restore_rng, rng_state
 from jepa.config import ConfigError, config_from_dict, parse_overrides
 from jepa.datasets import load_dataset
 from jepa.device import pick_precision, setup_process
@@ -114,7 +116,7 @@ class Finetuner:
         self.epoch_loss, self.epoch_n = torch.zeros((), device=device), 0
         self.run_dir = Path(run_dir or default_run_dir(self.checkpoint, self.dataset, fraction, shots, init))
         self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint.keep_last, self.dist, "finetune", command)
-        state = self.checkpointer.restore(resume, cfg.to_dict(), self.data_stream())
+        state = self.checkpointer.restore(resume, cfg.to_dict(), self.data_stream(), jdist.model_shapes(self.model))
         if state is not None:
             self.load_state_dict(state)
         atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -246,6 +248,10 @@ def finetune_config(checkpoint: str | Path, overrides: dict):
 
 
 def main(argv: list[str] | None = None) -> int:
+    return cli.run(run, argv)
+
+
+def run(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(
         prog="python -m jepa.finetune", description=__doc__.splitlines()[0],
@@ -271,19 +277,15 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("shots", "train_subset", "test_subset"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    try:
-        cfg = finetune_config(args.checkpoint, parse_overrides(rest))
-        run_dir = Path(args.run_dir or default_run_dir(Path(args.checkpoint), args.dataset or cfg.data.dataset,
-                                                       args.fraction, args.shots, args.init))
-        command = ["python", "-m", "jepa.finetune", *strip_resume(argv)]
-        if args.run_dir is None:
-            command += ["--run-dir", str(run_dir)]
-        tuner = Finetuner(cfg, args.checkpoint, args.dataset, run_dir, args.fraction, args.shots, args.init,
-                          args.encoder, args.data_root, args.train_subset, args.test_subset, args.resume, command)
-        result = tuner.train()
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    cfg = finetune_config(args.checkpoint, parse_overrides(rest))
+    run_dir = Path(args.run_dir or default_run_dir(Path(args.checkpoint), args.dataset or cfg.data.dataset,
+                                                   args.fraction, args.shots, args.init))
+    command = ["python", "-m", "jepa.finetune", *strip_resume(argv)]
+    if args.run_dir is None:
+        command += ["--run-dir", str(run_dir)]
+    tuner = Finetuner(cfg, args.checkpoint, args.dataset, run_dir, args.fraction, args.shots, args.init,
+                      args.encoder, args.data_root, args.train_subset, args.test_subset, args.resume, command)
+    result = tuner.train()
     if "test_top1" in result:
         print(f"{result['method']} {result['key']}: test top-1 {100 * result['test_top1']:.2f} % after "
               f"{result['step']} steps; added to {result['json']}; run dir {result['run_dir']}")

@@ -38,6 +38,8 @@ import os
 
 import torch
 
+from jepa.errors import ConfigError
+
 __all__ = ["MaskSampler", "block_size", "expected_tokens"]
 
 
@@ -253,9 +255,9 @@ class MaskSampler:
         counts = ctx.sum(-1)
         kc = int(counts.min())
         if kc == 0:
-            raise RuntimeError(
-                f"target blocks ({M} of {th}x{tw}) cover the whole {h}x{w} grid of an image, leaving "
-                f"no context; lower npred or pred_scale")
+            raise ConfigError(
+                f"masks.npred: target blocks ({M} of {th}x{tw}) cover the whole {h}x{w} grid of an image, leaving "
+                f"no context; lower masks.npred or masks.pred_scale")
         scores = torch.rand(B, E, N, generator=g).masked_fill_(~ctx, 2.0)
         keep = scores.topk(kc, dim=-1, largest=False, sorted=False).indices.sort(-1).values
         context = list(keep.transpose(0, 1).contiguous().unbind(0))

@@ -8,6 +8,9 @@ import torch
 
 from jepa.data import build_dataset, mix_seed, normalisation
 from jepa.datasets import load_dataset
+from jepa.datasets.decode import BadImageError
+from jepa.datasets.folder import decode_square
+from jepa.datasets.shards import ShardSet
 from jepa.eval import extract_features, knn_accuracy
 from jepa.metrics import rankme
 from jepa.transforms import EvalTransform
@@ -83,10 +86,49 @@ def held_out_images(cfg, n: int, train_dataset) -> tuple[torch.Tensor, str]:
             log.info("no test split for the RankMe batch (%s); using fixed training images", str(e).splitlines()[0])
     if source is None:
         source, where = train_dataset, "training images"
-    g = torch.Generator().manual_seed(mix_seed(cfg.training.seed, 4099))
-    idx = torch.randperm(len(source), generator=g)[:n].sort().values
-    images, _ = source.get_batch(idx)
+    if isinstance(source, ShardSet):
+        images, where = first_shard_images(source, n), "first images of the first shard"
+    else:
+        g = torch.Generator().manual_seed(mix_seed(cfg.training.seed, 4099))
+        images = decodable_images(source, torch.randperm(len(source), generator=g), n)
     return EvalTransform(cfg.data.image_size, *normalisation(cfg))(images), where
+
+
+def first_shard_images(shards: ShardSet, n: int) -> torch.Tensor:
+    """The first ``n`` decodable images of a stream of shards (it has no random access), centre squares."""
+    kept = []
+    for k, count in enumerate(shards.counts):
+        for sample in shards.samples(k, set(range(count))):
+            try:
+                kept.append(decode_square(sample.data, shards.channels, shards.image_size, sample.name))
+            except BadImageError as e:
+                log.info("held-out images: passing over %s", e)
+            if len(kept) == n:
+                return torch.stack(kept)
+    if not kept:
+        raise BadImageError(str(shards.index_path), "no image of the shards can be decoded")
+    return torch.stack(kept)
+
+
+def decodable_images(dataset, order: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` images of ``dataset`` in ``order`` that decode (files that cannot are passed over), in
+    index order."""
+    idx = order[:n].sort().values
+    try:
+        return dataset.get_batch(idx)[0]
+    except BadImageError:
+        pass
+    kept = []
+    for i in order.tolist():
+        try:
+            kept.append((i, dataset.get_batch(torch.tensor([i]))[0]))
+        except BadImageError as e:
+            log.info("held-out images: passing over %s", e)
+        if len(kept) == n:
+            break
+    if not kept:
+        raise BadImageError(str(getattr(dataset, "root", "the dataset")), "no image of it can be decoded")
+    return torch.cat([img for _, img in sorted(kept, key=lambda t: t[0])])
 
 
 class CollapseMonitor:

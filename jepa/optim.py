@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from jepa.distributed import any_rank
+from jepa.errors import NonFiniteError
+
 
 def build_optimizer(model, optim_cfg) -> torch.optim.AdamW:
     """AdamW over the online parameters in two groups: weights decay, biases and norms (all 1-D) do not."""
@@ -39,23 +42,50 @@ def set_schedule(optimizer: torch.optim.Optimizer, lr: float, wd: float):
             group["weight_decay"] = wd
 
 
-def clip_and_step(optimizer, scaler: torch.amp.GradScaler, params: list, clip: float) -> torch.Tensor | None:
-    """Unscale, clip the gradient norm to ``clip`` (0: no clipping), step, zero the grads.
+def clip_and_step(optimizer, scaler: torch.amp.GradScaler, params: list, clip: float) -> torch.Tensor:
+    """Unscale, clip the gradient norm to ``clip`` (0: no clipping), step, zero the grads; returns the gradient norm.
 
-    With the fp16 scaler returns whether the gradients were finite (a device tensor; the scaler skips
-    the step when they are not), else None. No host sync.
+    The norm is a device tensor (no host sync); with the fp16 scaler a non-finite norm means the scaler skipped
+    the step.
     """
     if clip > 0 or scaler.is_enabled():
         scaler.unscale_(optimizer)
-    norm = torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0 else None
-    finite = None
+    if clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
     if scaler.is_enabled():
-        if norm is None:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        finite = torch.isfinite(norm)
         scaler.step(optimizer)
         scaler.update()
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return finite
+    return norm
+
+
+def state_finite(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every tensor of the optimizer's state (Adam's moments) is finite; one host sync."""
+    tensors = [t.to_local() if hasattr(t, "to_local") else t
+               for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.is_floating_point()]
+    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+class FiniteGuard:
+    """Notes a non-finite loss or gradient norm on the device each step; ``check`` (one sync, at log steps and
+    before every save) also reads the optimizer state and stops the run on any of them."""
+
+    def __init__(self, device):
+        self.flags = torch.zeros(2, dtype=torch.bool, device=device)  # loss, gradients
+
+    def observe(self, loss: torch.Tensor, grad_norm: torch.Tensor):
+        if hasattr(grad_norm, "to_local"):  # FSDP: this rank's part; ``check`` combines the ranks
+            grad_norm = grad_norm.to_local()
+        self.flags |= ~torch.isfinite(torch.stack([loss.float(), grad_norm.float().to(loss.device)]))
+
+    def check(self, optimizer, step: int, dist, checkpoint_dir):
+        loss, grads = self.flags.tolist()
+        bad = [what for what, flag in (("the loss", loss), ("the gradients", grads),
+                                       ("the optimizer state", not state_finite(optimizer))) if any_rank(flag, dist)]
+        if bad:
+            raise NonFiniteError(f"{' and '.join(bad)} became NaN/inf at or before step {step}; stopping without "
+                                 f"writing a checkpoint (the last good one in {checkpoint_dir} is kept)")

@@ -15,8 +15,10 @@ def _fmt_time(seconds: float) -> str:
 class Progress:
     """Redraws in place on a terminal; prints a line every ``every_s`` seconds otherwise (log files)."""
 
-    def __init__(self, total: int, initial: int = 0, enabled: bool = True, stream=None, every_s: float = 30.0):
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True, stream=None, every_s: float = 30.0,
+                 unit: str = "step"):
         self.total, self.n, self.start_n = total, initial, initial
+        self.unit = unit
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
@@ -46,7 +48,7 @@ class Progress:
         eta = (self.total - self.n) / rate if rate > 0 else 0.0
         frac = self.n / max(1, self.total)
         bar = "#" * int(frac * 20)
-        return (f"step {self.n}/{self.total} [{bar:<20}] {frac:4.0%}  {_fmt_time(elapsed)}<{_fmt_time(eta)}"
+        return (f"{self.unit} {self.n}/{self.total} [{bar:<20}] {frac:4.0%}  {_fmt_time(elapsed)}<{_fmt_time(eta)}"
                 + (f"  {self.postfix}" if self.postfix else ""))
 
     def _draw(self, force: bool = False):

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
+
+WdSchedule = Literal["cosine", "linear"]
 
 
 @dataclass(frozen=True)
@@ -16,7 +19,7 @@ class Schedules:
     final_lr: float
     weight_decay: float
     final_weight_decay: float
-    wd_shape: str = "cosine"
+    wd_shape: WdSchedule = "cosine"
     ema: tuple[float, float] = (0.996, 1.0)
 
     def lr_at(self, step: int) -> float:

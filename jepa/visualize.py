@@ -16,11 +16,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from jepa import cli
 from jepa import distributed as jdist
 from jepa import pictures as pic
-from jepa.checkpoint import CheckpointError
-from jepa.data import EpochBatches, TrainBatches, mix_seed, normalisation
+from jepa.data import TrainBatches, mix_seed, normalisation
 from jepa.datasets import load_dataset
+from jepa.datasets.decode import BadImageError
+from jepa.datasets.shards import ShardSet
 from jepa.device import pick_device
 from jepa.errors import ConfigError
 from jepa.eval import extract_features, load_source, random_init_encoder
@@ -98,8 +100,7 @@ class PictureMaker:
             if self.stream is None:
                 self.stream = TrainBatches(self.cfg, self.train)
             data = self.stream
-        batch = EpochBatches(data.dataset, data.order(epoch), data.batch_size, data.augment, data.sampler,
-                             data.cfg.training.seed, data.rank, epoch)[0]
+        batch = data.first_batch(epoch)
         images = pic.to_rgb_uint8(batch.images[:n], self.mean, self.std)
         grid = (self.cfg.data.image_size // self.cfg.model.patch_size,) * 2
         tiles = []
@@ -173,6 +174,11 @@ class TrainingPictures:
         """After ``epoch`` epochs (at ``step``): draw and log the pictures if due."""
         if self.writer is None or not self.due(epoch) or jdist.is_sharded(model):
             return
+        if isinstance(self.data.dataset, ShardSet):  # the pictures pick images by index; a stream has none
+            log.info("no TensorBoard pictures for a stream of shards (python -m jepa.visualize --dataset NAME draws "
+                     "them from an image folder)")
+            self.writer = None
+            return
         if self.maker is None:
             test = None
             try:
@@ -182,7 +188,13 @@ class TrainingPictures:
             except (FileNotFoundError, ValueError) as e:
                 log.info("pictures: no test split (%s); queries come from the training images", str(e).splitlines()[0])
             self.maker = PictureMaker(self.cfg, self.data.dataset, test, self.device, self.amp_dtype, gallery=500)
-        for name, image in self.maker.all(model.target_encoder, max(epoch - 1, 0), self.data).items():
+        try:
+            pictures = self.maker.all(model.target_encoder, max(epoch - 1, 0), self.data)
+        except BadImageError as e:  # the pictures read files the training stream may have skipped
+            log.warning("no TensorBoard pictures from now on: %s", e)
+            self.writer = None
+            return
+        for name, image in pictures.items():
             self.writer.add_image(f"pictures/{name}", image.numpy(), step, dataformats="HWC")
 
 
@@ -217,6 +229,10 @@ def visualize(checkpoint: str | Path, dataset: str | None = None, out: str | Pat
 
 
 def main(argv: list[str] | None = None) -> int:
+    return cli.run(run, argv)
+
+
+def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jepa.visualize", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="training checkpoint or exported encoder (.pt)")
     parser.add_argument("--dataset", help="dataset to draw from (default: the one trained on)")
@@ -240,13 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("images", "queries", "neighbours", "gallery"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-    try:
-        written = visualize(args.checkpoint, args.dataset, args.out, args.data_root, args.encoder,
-                            str(pick_device(args.device)), args.seed, args.epoch, args.images, args.queries,
-                            args.neighbours, args.gallery, only)
-    except (CheckpointError, ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    written = visualize(args.checkpoint, args.dataset, args.out, args.data_root, args.encoder,
+                        str(pick_device(args.device, "--device")), args.seed, args.epoch, args.images, args.queries,
+                        args.neighbours, args.gallery, only)
     for kind, path in written.items():
         print(f"wrote {path} ({kind})")
     return 0

@@ -11,7 +11,7 @@ from typing import Sequence, Union
 import torch
 
 from .dispatch import HAS_TRITON, backend, set_backend
-from .ema import ema_update_op
+from .ema import ema_update_now, ema_update_op
 from .gather import masked_gather_op
 from .target_loss import masked_target_loss_op
 
@@ -85,13 +85,17 @@ def ema_update_(
 ) -> None:
     """In place ``t = m*t + (1-m)*o`` for every pair; ``momentum`` a float or 0-d tensor.
 
-    One Triton launch for all tensors on CUDA (fp32/fp16/bf16, mixed allowed, fp32 math).
+    One Triton launch for all tensors on CUDA (fp32/fp16/bf16, mixed allowed, fp32 math), from a
+    launch plan cached by the tensors' storage (``kernels.ema``).  Pass the momentum as a device
+    tensor to make the launch graph-safe: a float is a launch argument, frozen into a captured graph.
     """
-    ts = [t.detach() for t in target_params]
-    os_ = [o.detach() for o in online_params]
+    ts = target_params if isinstance(target_params, (list, tuple)) else list(target_params)
+    os_ = online_params if isinstance(online_params, (list, tuple)) else list(online_params)
     if len(ts) != len(os_):
         raise ValueError(f"ema_update_: {len(ts)} target vs {len(os_)} online tensors")
-    if isinstance(momentum, torch.Tensor):
-        ema_update_op(ts, os_, 0.0, momentum.detach())
+    if not torch.compiler.is_compiling():
+        ema_update_now(ts, os_, momentum)
+    elif isinstance(momentum, torch.Tensor):
+        ema_update_op([t.detach() for t in ts], [o.detach() for o in os_], 0.0, momentum.detach())
     else:
-        ema_update_op(ts, os_, float(momentum), None)
+        ema_update_op([t.detach() for t in ts], [o.detach() for o in os_], float(momentum), None)

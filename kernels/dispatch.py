@@ -6,6 +6,7 @@ picks Triton for CUDA tensors and PyTorch for everything else (CPU, MPS), per ca
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 import torch
 
@@ -17,7 +18,8 @@ try:
 except Exception:  # ImportError, or a broken install on platforms triton does not support
     HAS_TRITON = False
 
-_CHOICES = ("auto", "triton", "torch")
+KernelsBackend = Literal["auto", "triton", "torch"]
+_CHOICES: tuple[str, ...] = KernelsBackend.__args__
 _choice = "auto"
 
 

@@ -41,6 +41,12 @@ def masked_gather_backward_torch(grad: torch.Tensor, idx: torch.Tensor, n: int) 
     return out.view(b, n, d)
 
 
+def sums_gradient(dtype: torch.dtype) -> bool:
+    """Whether the loss ops hand backward the gradient of the *summed* loss: only for fp16, where the
+    gradient of the mean (``1/numel`` smaller) could underflow; every other dtype gets that of the mean."""
+    return dtype == torch.float16
+
+
 def masked_target_loss_torch(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -51,11 +57,11 @@ def masked_target_loss_torch(
     eps: float,
     compute_grad: bool,
 ):
-    """Loss between ``pred`` and layer-normed gathered target rows; also d(sum loss)/d(pred).
+    """Loss between ``pred`` and layer-normed gathered target rows; also its gradient w.r.t. ``pred``.
 
-    Only the gathered rows are normalised.  Returns ``(loss, dgrad)``: the mean loss in
-    fp32 (fp64 for fp64 inputs) and the gradient of the *summed* loss in ``pred.dtype``
-    (empty when ``compute_grad`` is false); the 1/numel scale is applied in backward.
+    Only the gathered rows are normalised.  Returns ``(loss, dgrad)``: the mean loss in fp32 (fp64
+    for fp64 inputs) and, in ``pred.dtype``, the gradient of the mean loss (of the summed loss when
+    ``sums_gradient``; empty when ``compute_grad`` is false); backward multiplies it by grad_output.
     """
     acc = acc_dtype(pred.dtype)
     d = pred.shape[-1]
@@ -78,10 +84,10 @@ def masked_target_loss_torch(
         else:
             dgrad = diff.sign_()
     if dgrad is None:
-        dgrad = pred.new_empty(0)
-    else:
-        dgrad = dgrad.to(pred.dtype)
-    return loss, dgrad
+        return loss, pred.new_empty(0)
+    if not sums_gradient(pred.dtype):
+        dgrad.mul_(torch.ones((), dtype=acc, device=dgrad.device) / numel)
+    return loss, dgrad.to(pred.dtype)
 
 
 def ema_update_torch_(
@@ -107,6 +113,9 @@ def ema_update_torch_(
             groups[(t.device, t.dtype)][1].append(o)
         else:
             slow.append((t, o))
+    if isinstance(momentum, torch.Tensor) and momentum.device.type == "cpu" and target_params \
+            and target_params[0].device.type != "cpu":
+        momentum = float(momentum)  # a host value: an argument, not a copy from pageable memory per tensor group
     for (device, dtype), (ts, os_) in groups.items():
         if isinstance(momentum, torch.Tensor):  # no .item(): a device tensor would sync
             w = (1.0 - momentum.detach()).to(device=device, dtype=dtype)

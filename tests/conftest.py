@@ -2,9 +2,15 @@
 
 Triton's interpreter must be switched on before any ``@triton.jit`` decorator
 runs, so it is set here, before the project is imported.  On a GPU machine
-``JEPA_REAL_TRITON=1`` keeps the compiled kernels (see ``bench/gpu_suite.sh``).
+``JEPA_REAL_TRITON=1`` keeps the compiled kernels (see ``bench/gpu_check.sh``).
 """
 import os
+import sys
+
+# the helper modules here (small_config, data_formats, dist_worker) import by plain name under any --import-mode
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
 
 if os.environ.get("JEPA_REAL_TRITON") != "1":
     os.environ["TRITON_INTERPRET"] = "1"

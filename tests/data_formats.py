@@ -131,3 +131,18 @@ def write_image_folder(root: Path, layout: dict[str, dict[str, list[torch.Tensor
                 pil = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
                 pil.save(folder / f"{i:03d}{ext}", **({"quality": 95} if ext in (".jpg", ".jpeg") else {}))
     return root
+
+
+def write_varied_folder(root: Path, classes: int = 3, per_class: int = 8, *, seed: int = 0, sides=(20, 60),
+                        ext: str = ".jpg") -> Path:
+    """``root/train/c<k>/<i><ext>``: random RGB images whose sides vary in ``sides``, for per-image crops."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        folder = Path(root) / "train" / f"c{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            w, h = (int(v) for v in rng.integers(sides[0], sides[1] + 1, 2))
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i:03d}{ext}")
+    return Path(root)

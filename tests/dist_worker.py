@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-BASE = {"data.dataset": "synthetic", "data.synthetic_size": "64", "data.image_size": "16", "data.channels": "1",
-        "model.patch_size": "2", "model.embed_dim": "32", "model.depth": "2", "model.num_heads": "2",
-        "model.pred_dim": "16", "model.pred_depth": "1", "model.pred_heads": "2", "model.num_hierarchies": "2",
-        "masks.min_keep": "4", "data.batch_size": "4", "training.epochs": "2", "training.device": "cpu",
-        "optim.warmup_epochs": "0.5", "optim.lr": "5e-3", "optim.start_lr": "1e-3", "optim.ema": "[0.6, 0.8]",
-        "optim.grad_clip": "1.0", "logging.log_every": "1", "logging.progress": "false",
-        "logging.tensorboard": "false", "checkpoint.every_epochs": "0"}
+# small_config sits beside this file: first on sys.path under torchrun, put there by conftest.py under pytest
+from small_config import SMALL_BASE
+
+BASE = {**SMALL_BASE, "data.dataset": "synthetic", "data.synthetic_size": "64", "data.image_size": "16",
+        "data.channels": "1", "model.patch_size": "2", "model.num_hierarchies": "2", "data.batch_size": "4",
+        "training.epochs": "2", "optim.warmup_epochs": "0.5", "optim.lr": "5e-3", "optim.start_lr": "1e-3",
+        "optim.ema": "[0.6, 0.8]", "optim.grad_clip": "1.0", "logging.log_every": "1", "checkpoint.every_epochs": "0"}
 # a low EMA momentum moves the target encoder a lot per step, so a skipped or stale EMA cannot hide in the tolerance
 EQUIV_STEPS = 3
 GLOBAL_BATCH = 8
@@ -175,6 +175,19 @@ def scenario_fsdp(out: Path, rank: int, world: int) -> dict:
     resumed.train_step(mine[2])
     return {"sharded": sharded, "checkpoint": str(ckpt), "final": final, "grads": grads[0],
             "resumed": jdist.model_state(resumed.model), "resumed_step": resumed.step}
+
+
+def scenario_shards(out: Path, rank: int, world: int) -> dict:
+    """Two epochs of the shard stream written to ``out/shards`` (48 one-image classes), 2 loader workers per rank."""
+    from jepa.config import load_config
+    from jepa.data import TrainBatches
+    cfg = load_config(None, {"data.dataset": "shards", "data.shards": str(out / "shards" / "shard-{000000..000007}.tar"),
+                             "data.image_size": "16", "data.channels": "3", "model.patch_size": "4",
+                             "masks.min_keep": "4", "data.batch_size": "4", "data.num_workers": "2",
+                             "data.shuffle_buffer": "4"})
+    batches = TrainBatches(cfg, rank=rank, world_size=world)
+    labels = {e: [b.labels.tolist() for b in batches.epoch(e)] for e in (0, 1)}
+    return {"labels": labels, "batches_per_epoch": batches.batches_per_epoch}
 
 
 def main(argv):

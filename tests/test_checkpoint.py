@@ -11,10 +11,9 @@ from jepa.config import load_config
 from jepa.io import atomic_save
 from jepa.train import Trainer
 
-SMALL = {"model.embed_dim": "32", "model.depth": "1", "model.num_heads": "2", "model.pred_dim": "16",
-         "model.pred_depth": "1", "model.pred_heads": "2", "masks.min_keep": "4", "data.batch_size": "32",
-         "data.subset": "128", "training.epochs": "1", "logging.progress": "false", "logging.tensorboard": "false",
-         "training.device": "cpu"}
+from small_config import SMALL_BASE
+
+SMALL = {**SMALL_BASE, "model.depth": "1", "data.batch_size": "32", "data.subset": "128"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -83,7 +82,7 @@ BROKEN = {
     "empty": (lambda p: p.write_bytes(b""), "corrupt or truncated"),
     "random bytes": (lambda p: p.write_bytes(os.urandom(300)), "corrupt or truncated"),
     "pickled object": (lambda p: torch.save({"format": FORMAT, "x": NotATensor()}, p),
-                       "refused it because it holds pickled Python objects"),
+                       "holds pickled Python objects: refused"),
     "foreign state dict": (lambda p: torch.save(torch.nn.Linear(2, 2).state_dict(), p), "not a jepa checkpoint"),
     "plain pickle": (lambda p: p.write_bytes(pickle.dumps([1, 2, 3])), "corrupt or truncated"),
     "exported encoder": (lambda p: torch.save({"format": ENCODER_FORMAT, "weights": {}}, p), "exported encoder"),

@@ -11,10 +11,9 @@ from jepa.config import load_config
 from jepa.models import build_model
 from jepa.train import Trainer
 
-SMALL = {"model.embed_dim": "32", "model.depth": "2", "model.num_heads": "2", "model.pred_dim": "16",
-         "model.pred_depth": "1", "model.pred_heads": "2", "masks.min_keep": "4", "data.batch_size": "16",
-         "data.subset": "512", "training.epochs": "1", "training.device": "cpu", "logging.tensorboard": "false",
-         "logging.progress": "false", "optim.warmup_epochs": "0.2"}
+from small_config import SMALL_BASE
+
+SMALL = {**SMALL_BASE, "data.batch_size": "16", "data.subset": "512", "optim.warmup_epochs": "0.2"}
 STEPS, COMPARED = 30, 10
 
 

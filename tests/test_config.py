@@ -92,3 +92,55 @@ def test_print_config(capsys):
     assert e.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["training"]["epochs"] == 4 and isinstance(Config(), Config)
+
+
+# ------------------------------------------------------------------ schema: Literal choices and field docs
+
+
+def test_every_config_field_has_a_docstring_and_help_config_lists_it(capsys):
+    import dataclasses
+
+    from jepa.config import help_text
+    from jepa.config.schema import MixPart, field_docs, sections
+    for name, cls in [*sections(), ("data.mix[]", MixPart)]:
+        docs = field_docs(cls)
+        missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
+        assert not missing, f"{name}: fields without a docstring: {missing}"
+    text = help_text()
+    for name, cls in sections():
+        for f in dataclasses.fields(cls):
+            assert f"  {name}.{f.name} = " in text
+    assert "model.attention = auto  (one of auto, xformers, sdpa, math)" in text
+
+
+@pytest.mark.parametrize("key,owner", [
+    ("model.attention", "jepa.models.attention:BACKENDS"),
+    ("training.kernels", "kernels.dispatch:_CHOICES"),
+    ("training.precision", "jepa.device:PRECISIONS"),
+    ("data.dataset", "jepa.datasets:DATASETS"),
+    ("eval.features", "jepa.eval:FEATURES"),
+    ("eval.encoder", "jepa.export:ENCODERS"),
+])
+def test_choice_fields_list_exactly_the_choices_of_the_module_that_owns_them(key, owner):
+    import importlib
+    module, name = owner.split(":")
+    valid = getattr(importlib.import_module(module), name)
+    with pytest.raises(ConfigError) as e:
+        load_config(None, {key: "no_such_choice"})
+    assert f"{key}: must be one of {', '.join(valid)}, got 'no_such_choice'" in str(e.value)
+    section, field = key.split(".")
+    needs = {"shards": {"data.shards": "/data/shard-{0..3}.tar"}}  # a choice that needs another key
+    for choice in valid:
+        assert getattr(getattr(load_config(None, {key: choice, **needs.get(choice, {})}), section), field) == choice
+
+
+def test_literal_choices_keep_their_type():
+    assert load_config(None, {"data.channels": "3"}).data.channels == 3
+    with pytest.raises(ConfigError, match=r"data\.channels: must be one of 1, 3, got True"):
+        load_config(None, {"data.channels": "true"})
+    with pytest.raises(ConfigError, match=r"data\.channels: must be one of 1, 3, got 2"):
+        load_config(None, {"data.channels": "2"})
+    assert load_config(None, {"training.compile": "max-autotune"}).training.compile == "max-autotune"
+    assert load_config(None, {"training.compile": "true"}).training.compile is True
+    with pytest.raises(ConfigError, match=r"training\.compile"):
+        load_config(None, {"training.compile": "fast"})

@@ -14,12 +14,8 @@ from jepa import datasets as D
 from jepa.datasets import (DatasetFormatError, DatasetNotFoundError, DownloadError, MixtureDataset, dataset_stats,
                            download, load_dataset)
 
-try:
-    from data_formats import (stl_images_bytes, write_cifar10, write_cifar100, write_idx, write_image_folder,
-                              write_mnist_like, write_stl10)
-except ImportError:  # tests/ imported as a package
-    from tests.data_formats import (stl_images_bytes, write_cifar10, write_cifar100, write_idx, write_image_folder,
-                                    write_mnist_like, write_stl10)
+from data_formats import (stl_images_bytes, write_cifar10, write_cifar100, write_idx, write_image_folder,
+                          write_mnist_like, write_stl10)
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",

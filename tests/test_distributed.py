@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-try:
-    import dist_worker as W
-except ImportError:  # pragma: no cover - run from the repository root with another import mode
-    from tests import dist_worker as W
-
 from jepa.config import ConfigError, load_config
 from jepa.data import TrainBatches
+from jepa.shards import write_shards
 from jepa.train import Trainer
+
+import dist_worker as W
+from data_formats import write_varied_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT = 240
@@ -173,6 +172,20 @@ def test_fsdp_checkpoint_is_a_plain_checkpoint_that_one_process_resumes(fsdp, re
     assert trainer.step == 2
     trainer.train_step([W.handmade_batches(cfg)[2]])
     assert_states_close(trainer.model.state_dict(), reference["states"][3])
+
+
+# ---------------------------------------------------------------- shards
+
+
+def test_two_ranks_with_two_workers_each_see_every_shard_sample_once_per_epoch(out_dir):
+    root = write_varied_folder(out_dir / "images", classes=48, per_class=1, seed=4, sides=(17, 30))
+    write_shards(root / "train", out_dir / "shards", num_shards=8, progress=False)
+    r0, r1 = launch("shards", out_dir)
+    assert r0["batches_per_epoch"] == r1["batches_per_epoch"] == 6
+    for epoch in (0, 1):
+        seen = [label for r in (r0, r1) for batch in r["labels"][epoch] for label in batch]
+        assert sorted(seen) == list(range(48)), f"epoch {epoch}: not every sample exactly once"
+    assert r0["labels"][0] != r0["labels"][1], "the second epoch repeated the first one's order"
 
 
 # ---------------------------------------------------------------- single-process checks

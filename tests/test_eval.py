@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from jepa import eval as jeval
-from jepa.checkpoint import checkpoint_path, load_checkpoint
+from jepa.checkpoint import checkpoint_path, load_checkpoint, with_checksum
 from jepa.io import atomic_save
 from jepa.monitor import KnnMonitor
 from jepa.config import load_config
@@ -16,11 +16,10 @@ from jepa.datasets import load_dataset
 from jepa.train import Trainer
 from jepa.transforms import EvalTransform
 
+from small_config import SMALL_BASE
+
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = {"model.embed_dim": "32", "model.depth": "2", "model.num_heads": "2", "model.pred_dim": "16",
-         "model.pred_depth": "1", "model.pred_heads": "2", "masks.min_keep": "4", "data.batch_size": "32",
-         "data.subset": "128", "training.epochs": "1", "logging.progress": "false", "logging.tensorboard": "false",
-         "training.device": "cpu"}
+SMALL = {**SMALL_BASE, "data.batch_size": "32", "data.subset": "128"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -117,7 +116,7 @@ def test_eval_cli_with_baselines_writes_json_and_uses_the_cache(checkpoint, caps
     state = load_checkpoint(checkpoint)
     state["model"]["target_encoder.norm.bias"] += 1.0
     other = checkpoint.with_name("changed.pt")
-    atomic_save(state, other)
+    atomic_save(with_checksum(state), other)
     assert jeval.main(["--checkpoint", str(other), "--train-subset", "300", "--test-subset", "100",
                        "--protocol", "knn", "--no-progress", "--out", str(other.with_suffix(".json"))]) == 0
     assert len(calls) == 2 and all(enc is not None for enc in calls)
@@ -128,10 +127,10 @@ def test_eval_cli_with_baselines_writes_json_and_uses_the_cache(checkpoint, caps
 def test_eval_cli_errors_are_clear(checkpoint, tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    assert jeval.main(["--checkpoint", str(bad)]) == 1
+    assert jeval.main(["--checkpoint", str(bad)]) == 2
     assert str(bad) in capsys.readouterr().err
     assert jeval.main(["--checkpoint", str(checkpoint), "--dataset", "cifar10", "--data-root",
-                       str(tmp_path / "nowhere"), "--no-cache"]) == 1
+                       str(tmp_path / "nowhere"), "--no-cache"]) == 2
     assert "nowhere" in capsys.readouterr().err
 
 

@@ -1,17 +1,19 @@
-"""Encoder export: a weights_only file that rebuilds the target encoder with identical outputs."""
+"""Encoder export: a safetensors file (no pickle) that rebuilds the target encoder with identical outputs."""
+import json
+
 import pytest
 import torch
+from safetensors import safe_open
 
 import jepa
-from jepa.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
+from jepa.checkpoint import ENCODER_FORMAT, CheckpointError, checkpoint_path, load_checkpoint
 from jepa.config import load_config
-from jepa.export import load_encoder, main
+from jepa.export import load_encoder, main, read_encoder
 from jepa.train import Trainer
 
-SMALL = {"model.embed_dim": "32", "model.depth": "2", "model.num_heads": "2", "model.pred_dim": "16",
-         "model.pred_depth": "1", "model.pred_heads": "2", "masks.min_keep": "4", "data.batch_size": "32",
-         "data.subset": "128", "training.epochs": "1", "training.stop_at_step": "2", "logging.progress": "false",
-         "logging.tensorboard": "false", "training.device": "cpu"}
+from small_config import SMALL_BASE
+
+SMALL = {**SMALL_BASE, "data.batch_size": "32", "data.subset": "128", "training.stop_at_step": "2"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -27,13 +29,17 @@ def trained(tmp_path_factory):
 
 def test_export_round_trip_gives_identical_outputs(trained, tmp_path, capsys):
     trainer, ckpt = trained
-    out = tmp_path / "encoder.pt"
-    assert main(["--checkpoint", str(ckpt), "--out", str(out)]) == 0
-    assert "tokens [B, 49, 32]" in capsys.readouterr().out
-    raw = torch.load(out, weights_only=True)
-    assert raw["spec"] == {"img_size": 28, "patch_size": 4, "in_chans": 1, "embed_dim": 32, "depth": 2,
-                           "num_heads": 2, "mlp_ratio": 4.0}
-    assert raw["step"] == 2 and raw["encoder"] == "target"
+    assert main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "encoder.pt")]) == 0
+    out = tmp_path / "encoder.safetensors"  # a .pt name becomes .safetensors
+    assert "tokens [B, 49, 32]" in capsys.readouterr().out and out.is_file()
+    assert not (tmp_path / "encoder.pt").exists()
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+        assert "pos_embed" not in f.keys(), "our sin-cos table is recomputed, not stored"
+    assert meta["format"] == "jepa-encoder-v2"
+    assert json.loads(meta["spec"]) == {"img_size": 28, "patch_size": 4, "in_chans": 1, "embed_dim": 32,
+                                        "depth": 2, "num_heads": 2, "mlp_ratio": 4.0}
+    assert json.loads(meta["step"]) == 2 and json.loads(meta["encoder"]) == "target"
     encoder = jepa.load_encoder(out)
     assert isinstance(encoder, torch.nn.Module) and not encoder.training
     assert encoder.normalization == {"mean": [0.286], "std": [0.353]}
@@ -47,9 +53,22 @@ def test_export_round_trip_gives_identical_outputs(trained, tmp_path, capsys):
         "after training the target encoder must differ from the context encoder, or the test proves nothing"
 
 
+def test_old_pt_exports_still_load(trained, tmp_path):
+    """A v1 export (torch.save of tensors and primitives) from before the safetensors format reads as before."""
+    trainer, ckpt = trained
+    enc = read_encoder(ckpt)
+    old = tmp_path / "old.pt"
+    torch.save({"format": ENCODER_FORMAT, "source": str(ckpt), **{k: enc[k] for k in (
+        "weights", "spec", "normalization", "config", "step", "encoder")}}, old)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(load_encoder(old)(x), trainer.model.target_encoder.eval()(x))
+    assert read_encoder(old)["step"] == 2
+
+
 def test_export_context_encoder_and_load_from_training_checkpoint(trained, tmp_path):
     trainer, ckpt = trained
-    out = tmp_path / "context.pt"
+    out = tmp_path / "context.safetensors"
     assert main(["--checkpoint", str(ckpt), "--out", str(out), "--encoder", "context"]) == 0
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
@@ -64,22 +83,22 @@ def test_export_errors_name_the_file(trained, tmp_path, capsys):
     _, ckpt = trained
     bad = tmp_path / "bad.pt"
     bad.write_bytes(ckpt.read_bytes()[:500])
-    assert main(["--checkpoint", str(bad), "--out", str(tmp_path / "x.pt")]) == 1
-    assert str(bad) in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+    assert main(["--checkpoint", str(bad), "--out", str(tmp_path / "x.pt")]) == 2
+    assert str(bad) in capsys.readouterr().err and not list(tmp_path.glob("x.*"))
     foreign = tmp_path / "foreign.pt"
     torch.save({"weight": torch.zeros(2)}, foreign)
-    with pytest.raises(CheckpointError, match="foreign.pt is neither"):
+    with pytest.raises(CheckpointError, match="foreign.pt is not a format jepa reads"):
         load_encoder(foreign)
-    out = tmp_path / "enc.pt"
+    out = tmp_path / "enc.safetensors"
     main(["--checkpoint", str(ckpt), "--out", str(out)])
-    with pytest.raises(CheckpointError, match="exported encoder.*cannot be resumed"):
+    with pytest.raises(CheckpointError, match="enc.safetensors is a safetensors file.*not a training checkpoint"):
         load_checkpoint(out)
 
 
 def test_evaluation_accepts_an_exported_encoder(trained, tmp_path):
     from jepa.eval import evaluate
     _, ckpt = trained
-    out = tmp_path / "encoder.pt"
+    out = tmp_path / "encoder.safetensors"
     main(["--checkpoint", str(ckpt), "--out", str(out)])
     kw = dict(protocol="knn", train_subset=200, test_subset=50, cache=False, progress=False)
     from_export = evaluate(out, out=tmp_path / "a.json", **kw)

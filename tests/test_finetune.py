@@ -114,7 +114,7 @@ def test_finetune_cli(checkpoint, tmp_path, capsys):
     assert "--resume auto" in err and "python -m jepa.finetune" in err and "--shots 2" in err
     assert main(argv[:-4] + ["--logging.progress", "false", "--resume", "auto"]) == 0
     assert "finetune_shots2: test top-1" in capsys.readouterr().out
-    assert main(argv + ["--model.depth", "3"]) == 1
+    assert main(argv + ["--model.depth", "3"]) == 2
     assert "model.depth" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(checkpoint), "--shots", "2", "--fraction", "0.1"])

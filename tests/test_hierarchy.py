@@ -11,11 +11,10 @@ from jepa.losses import LN_EPS, pool_blocks, vicreg_loss
 from jepa.models.vit import Predictor, VisionTransformer
 from jepa.train import Trainer
 
-TINY = {"model.embed_dim": "32", "model.depth": "2", "model.num_heads": "2", "model.pred_dim": "16",
-        "model.pred_depth": "1", "model.pred_heads": "2", "masks.min_keep": "4", "data.dataset": "synthetic",
-        "data.channels": "1", "data.image_size": "28", "data.batch_size": "8", "data.synthetic_size": "32",
-        "training.device": "cpu", "training.epochs": "1", "logging.progress": "false",
-        "logging.tensorboard": "false", "logging.log_every": "1"}
+from small_config import SMALL_BASE
+
+TINY = {**SMALL_BASE, "data.dataset": "synthetic", "data.channels": "1", "data.image_size": "28",
+        "data.synthetic_size": "32", "data.batch_size": "8", "logging.log_every": "1"}
 
 
 def cfg_with(**over):

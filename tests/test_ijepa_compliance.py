@@ -13,16 +13,17 @@ from jepa.datasets import load_dataset
 from jepa.losses import LN_EPS, prediction_loss
 from jepa.train import Trainer
 
+from small_config import QUIET, TINY_MODEL
+
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-TINY_MODEL = {"model.size": "custom", "model.embed_dim": "32", "model.depth": "2", "model.num_heads": "2",
-              "model.pred_dim": "16", "model.pred_depth": "1", "model.pred_heads": "2"}
-QUIET = {"training.device": "cpu", "logging.progress": "false", "logging.tensorboard": "false",
-         "data.num_workers": "0"}
+# on top of a shipped config, which sets its own model size and worker count
+CUSTOM_TINY_MODEL = {"model.size": "custom", **TINY_MODEL}
+QUIET_IN_PROCESS = {**QUIET, "data.num_workers": "0"}
 
 
 def tiny_trainer(tmp_path, config=None, n_images=32, **over):
     """A trainer with a tiny model on synthetic images of the config's size (the data is not what is tested)."""
-    o = {**TINY_MODEL, **QUIET, "data.batch_size": "8", "training.epochs": "1"}
+    o = {**CUSTOM_TINY_MODEL, **QUIET_IN_PROCESS, "data.batch_size": "8", "training.epochs": "1"}
     o.update({k.replace("__", "."): str(v) for k, v in over.items()})
     cfg = load_config(config, o)
     data = load_dataset("synthetic", channels=cfg.data.channels, image_size=cfg.data.image_size,
@@ -113,7 +114,7 @@ def test_training_batches_carry_disjoint_masks_and_their_block_shape(tmp_path):
 
 
 def test_schedule_values_at_given_steps_of_the_fashion_mnist_run(tmp_path):
-    cfg = load_config(CONFIGS / "cpu_fashion_mnist.yaml", {**QUIET, "training.epochs": "3"})
+    cfg = load_config(CONFIGS / "cpu_fashion_mnist.yaml", {**QUIET_IN_PROCESS, "training.epochs": "3"})
     s = Trainer(cfg, run_dir=tmp_path).schedules                   # 60000 // 128 = 468 steps x 3 epochs
     assert (s.total_steps, s.warmup_steps) == (1404, 468)
     assert s.momentum_at(0) == pytest.approx(0.996, abs=1e-12)

@@ -8,10 +8,11 @@ from jepa.models import build_model
 from jepa.models.pos_embed import sincos_2d
 from jepa.models.vit import Predictor, VisionTransformer
 
+from small_config import TINY_MODEL
+
 
 def small_cfg(**over):
-    base = {"model.embed_dim": "32", "model.depth": "3", "model.num_heads": "2", "model.pred_dim": "16",
-            "model.pred_depth": "2", "model.pred_heads": "2", "data.image_size": "28", "model.patch_size": "4",
+    base = {**TINY_MODEL, "model.depth": "3", "model.pred_depth": "2", "data.image_size": "28", "model.patch_size": "4",
             "masks.min_keep": "4"}
     base.update(over)
     return load_config(None, base)
@@ -103,3 +104,21 @@ def test_one_level_has_no_extra_parameters():
 def test_three_channel_and_other_patch_sizes():
     enc = VisionTransformer(32, 8, 3, 24, 1, 3)
     assert enc(torch.randn(2, 3, 32, 32)).shape == (2, 16, 24)
+
+
+def test_residual_stream_is_fp32_under_bf16_autocast():
+    """A deliberate choice (docs/performance.md): blocks receive fp32 tokens while their matmuls run in bf16;
+    the predictor's stream too."""
+    enc = VisionTransformer(28, 4, 1, 32, 2, 2)
+    pred = Predictor((7, 7), 32, 16, 2, 2)
+    seen = []
+    for block in list(enc.blocks) + list(pred.blocks):
+        block.register_forward_pre_hook(lambda _m, args: seen.append(args[0].dtype))
+        block.mlp.fc1.register_forward_hook(lambda _m, _a, out: seen.append(("matmul", out.dtype)))
+    x = torch.randn(2, 1, 28, 28)
+    ctx_idx = torch.rand(1, 2, 49).argsort(-1)[..., :20]
+    tgt_idx = torch.rand(4, 2, 49).argsort(-1)[..., :6]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pred(enc(x, ctx_idx), ctx_idx, tgt_idx)
+    assert [d for d in seen if not isinstance(d, tuple)] == [torch.float32] * 4
+    assert {d for d in seen if isinstance(d, tuple)} == {("matmul", torch.bfloat16)}

@@ -12,7 +12,7 @@ from jepa.datasets import load_dataset
 from jepa.probes.attentive import AttentivePooler, attentive_probe
 from jepa.probes.data import batches, low_shot_indices
 from jepa.probes.linear_sgd import linear_sgd_probe
-from jepa.probes.settings import ProbeConfig
+from jepa.config import ProbeConfig
 from jepa.train import Trainer
 from jepa.transforms import EvalTransform
 
@@ -155,5 +155,5 @@ def test_eval_cli_rejects_overrides_outside_probe(checkpoint, capsys):
     with pytest.raises(SystemExit):
         jeval.main(["--checkpoint", str(checkpoint), "--model.depth", "3"])
     assert "--model.depth" in capsys.readouterr().err
-    assert jeval.main(["--checkpoint", str(checkpoint), "--protocol", "linear-sgd", "--probe.sgd_epochs", "0"]) == 1
+    assert jeval.main(["--checkpoint", str(checkpoint), "--protocol", "linear-sgd", "--probe.sgd_epochs", "0"]) == 2
     assert "probe.sgd_epochs" in capsys.readouterr().err

@@ -9,11 +9,10 @@ from jepa.config import load_config
 from jepa.profiling import PHASES, PhaseTimer, top_level_aten_ops
 from jepa.train import Trainer, main
 
-SMALL = {"model.embed_dim": "32", "model.depth": "1", "model.num_heads": "2", "model.pred_dim": "16",
-         "model.pred_depth": "1", "model.pred_heads": "2", "masks.min_keep": "4", "data.batch_size": "16",
-         "data.subset": "128", "training.epochs": "1", "training.device": "cpu", "logging.progress": "false",
-         "logging.tensorboard": "false", "optim.warmup_epochs": "0.5", "profiling.wait": "1",
-         "profiling.warmup": "1", "profiling.active": "2"}
+from small_config import SMALL_BASE
+
+SMALL = {**SMALL_BASE, "model.depth": "1", "data.batch_size": "16", "data.subset": "128", "optim.warmup_epochs": "0.5",
+         "profiling.wait": "1", "profiling.warmup": "1", "profiling.active": "2"}
 
 
 def trace_names(run_dir):

@@ -17,13 +17,12 @@ from jepa.checkpoint import CheckpointError, checkpoint_path, list_checkpoints, 
 from jepa.config import load_config
 from jepa.train import Trainer, main
 
+from small_config import SMALL_BASE
+
 ROOT = Path(__file__).resolve().parents[1]
 # 256 images / batch 32 = 8 steps per epoch, 2 epochs = 16 steps
-SMALL = {"model.embed_dim": "32", "model.depth": "2", "model.num_heads": "2", "model.pred_dim": "16",
-         "model.pred_depth": "1", "model.pred_heads": "2", "masks.min_keep": "4", "data.batch_size": "32",
-         "data.subset": "256", "training.epochs": "2", "optim.warmup_epochs": "0.5", "logging.log_every": "3",
-         "logging.progress": "false", "logging.tensorboard": "false", "training.device": "cpu",
-         "checkpoint.keep_last": "3"}
+SMALL = {**SMALL_BASE, "data.batch_size": "32", "data.subset": "256", "training.epochs": "2",
+         "optim.warmup_epochs": "0.5", "logging.log_every": "3", "checkpoint.keep_last": "3"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -136,7 +135,7 @@ def test_cli_resume_from_corrupt_path_names_the_file(tmp_path, capsys):
     bad.write_bytes(b"\x00" * 64)
     code = main(["--config", "configs/quick_validation.yaml", "--run-dir", str(tmp_path / "run"),
                  "--resume", str(bad), "--logging.progress", "false"])
-    assert code == 1 and str(bad) in capsys.readouterr().err
+    assert code == 2 and str(bad) in capsys.readouterr().err
 
 
 def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path):

@@ -13,11 +13,10 @@ from bench import reference_step, throughput  # noqa: E402
 from jepa.config import load_config  # noqa: E402
 from jepa.profiling import cpu_has_bf16_matmul  # noqa: E402
 from jepa.train import Trainer  # noqa: E402
+from small_config import SMALL_BASE  # noqa: E402
 
-SMALL = {"model.embed_dim": "32", "model.depth": "2", "model.num_heads": "2", "model.pred_dim": "16",
-         "model.pred_depth": "2", "model.pred_heads": "2", "masks.min_keep": "4", "data.batch_size": "16",
-         "data.subset": "256", "training.epochs": "1", "training.device": "cpu", "logging.progress": "false",
-         "logging.tensorboard": "false", "optim.warmup_epochs": "0.5", "optim.lr": "1e-2"}
+SMALL = {**SMALL_BASE, "model.pred_depth": "2", "data.batch_size": "16", "data.subset": "256",
+         "optim.warmup_epochs": "0.5", "optim.lr": "1e-2"}
 
 
 def small_cfg(**over):

@@ -11,10 +11,12 @@ from jepa.metrics import log_run_start
 from jepa.optim import build_optimizer
 from jepa.train import Trainer, main
 
-SMALL = {"model.embed_dim": "48", "model.depth": "2", "model.num_heads": "2", "model.pred_dim": "24",
-         "model.pred_depth": "1", "model.pred_heads": "2", "masks.min_keep": "4", "data.batch_size": "32",
-         "data.subset": "256", "training.epochs": "1", "optim.warmup_epochs": "0.5", "logging.log_every": "2",
-         "logging.progress": "false", "logging.images_every_epochs": "0"}  # pictures: tests/test_visualize.py
+from small_config import SMALL_BASE
+
+# the default device, and TensorBoard on: the Fashion-MNIST run checks its event file
+SMALL = {**SMALL_BASE, "model.embed_dim": "48", "model.pred_dim": "24", "data.batch_size": "32", "data.subset": "256",
+         "optim.warmup_epochs": "0.5", "logging.log_every": "2", "training.device": "auto",
+         "logging.tensorboard": "true", "logging.images_every_epochs": "0"}  # pictures: test_visualize.py
 
 
 def small_cfg(**over):
@@ -119,7 +121,7 @@ def test_missing_dataset_names_where_it_looked(tmp_path, capsys, monkeypatch):
                  "--data.dataset", "cifar10", "--data.root", str(tmp_path / "nowhere"), "--data.channels", "3",
                  "--data.image_size", "32"])
     err = capsys.readouterr().err
-    assert code == 1 and "nowhere" in err
+    assert code == 2 and "nowhere" in err
 
 
 def test_nonfinite_loss_stops_without_overwriting_checkpoint(tmp_path):
@@ -133,8 +135,8 @@ def test_nonfinite_loss_stops_without_overwriting_checkpoint(tmp_path):
         calls["n"] += 1
         return (loss * math.nan if calls["n"] == 3 else loss), parts
     trainer.forward_loss = poisoned
-    from jepa.train import NonFiniteLossError
-    with pytest.raises(NonFiniteLossError, match="step 3"):
+    from jepa.errors import NonFiniteError
+    with pytest.raises(NonFiniteError, match="step 3"):
         trainer.train()
     saved = sorted(p.name for p in (tmp_path / "checkpoints").glob("ckpt_step*.pt"))
     assert saved == ["ckpt_step00000002.pt"]

@@ -130,7 +130,7 @@ def test_visualize_cli(checkpoint, tmp_path, capsys):
                      "--gallery", "100", "--device", "cpu"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["masks.png", "retrieval.png"]
     assert "wrote" in capsys.readouterr().out
-    assert viz.main(["--checkpoint", str(tmp_path / "missing.pt")]) == 1
+    assert viz.main(["--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         viz.main(["--checkpoint", str(checkpoint), "--only", "masks,colours"])

@@ -11,6 +11,7 @@ from typing import Literal
 
 from jepa.datasets.cifar import CIFAR, load_cifar
 from jepa.datasets.convert import LUMA_WEIGHTS, convert_images
+from jepa.datasets.decode import BadImageError
 from jepa.datasets.downloads import DOWNLOADS, _checksum_problem, download  # noqa: F401 (tests use it)
 from jepa.datasets.errors import DatasetFormatError, DatasetNotFoundError, DownloadError
 from jepa.datasets.folder import IMAGE_EXTENSIONS, ImageFolderDataset, load_imagefolder  # noqa: F401
@@ -20,11 +21,13 @@ from jepa.datasets.mixture import MixtureDataset
 from jepa.datasets.search import candidate_dirs, default_download_dir, find_dir, resolve_split
 from jepa.datasets.stl10 import load_stl10
 from jepa.datasets.synthetic import make_synthetic
+from jepa.errors import ConfigError
 
 # load_dataset's ``download`` argument hides the function inside it.
 _download = download
 
 __all__ = [
+    "BadImageError",
     "DATASETS",
     "DatasetName",
     "DatasetNotFoundError",
@@ -40,7 +43,7 @@ __all__ = [
     "read_idx",
 ]
 
-DatasetName = Literal["fashion_mnist", "mnist", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic"]
+DatasetName = Literal["fashion_mnist", "mnist", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic", "shards"]
 DATASETS: tuple[str, ...] = typing.get_args(DatasetName)
 
 _NUM_CLASSES = {"fashion_mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "stl10": 10}
@@ -60,6 +63,7 @@ _STATS = {
     "stl10": _IMAGENET_STATS,
     "imagefolder": _IMAGENET_STATS,
     "synthetic": _IMAGENET_STATS,
+    "shards": _IMAGENET_STATS,
 }
 
 
@@ -77,13 +81,16 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
     benchmarks: it is only produced when ``name="synthetic"``.
     """
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+        raise ConfigError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     if channels not in (None, 1, 3):
         raise ValueError(f"channels={channels!r} for dataset {name!r}; valid: None (native), 1 or 3")
     if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
         raise ValueError(f"image_size={image_size!r} for dataset {name!r}; must be a positive int or None")
     if subset is not None and (not isinstance(subset, int) or subset <= 0):
         raise ValueError(f"subset={subset!r} for dataset {name!r}; must be a positive int or None")
+    if name == "shards":
+        raise ValueError("shards are streamed for training only (data.shards); to evaluate or monitor, load the "
+                         "image folder they were written from (dataset imagefolder)")
     split = resolve_split(name, split)
 
     if name == "synthetic":
@@ -122,7 +129,7 @@ def dataset_stats(name: str, channels: int | None = None) -> tuple[tuple[float, 
     For a 3-channel request of a gray dataset the single value is repeated.
     """
     if name not in _STATS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+        raise ConfigError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     if channels not in (None, 1, 3):
         raise ValueError(f"channels={channels!r}; valid: None (native), 1 or 3")
     mean, std = _STATS[name]

@@ -11,6 +11,7 @@ import urllib.request
 import zlib
 from pathlib import Path
 
+from jepa.errors import ConfigError
 from jepa.datasets.errors import DownloadError
 from jepa.datasets.search import HOW_TO_GET
 from jepa.io import file_hash, fsync_dir
@@ -61,7 +62,7 @@ def download(name: str, root: str | os.PathLike, base_url: str | None = None, *,
     present with a valid checksum are kept.  Returns ``root``.
     """
     if name not in DOWNLOADS:
-        raise ValueError(f"download is not supported for {name!r}; supported: {', '.join(DOWNLOADS)}"
+        raise ConfigError(f"download is not supported for {name!r}; supported: {', '.join(DOWNLOADS)}"
                          + (f". {HOW_TO_GET[name]}" if name in HOW_TO_GET else ""))
     mirrors, files = DOWNLOADS[name]
     if base_url is not None:

@@ -6,20 +6,26 @@ from typing import Sequence
 
 import torch
 
+from jepa.errors import UserError
 
-class DatasetNotFoundError(FileNotFoundError):
+
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset's files are in none of the searched directories; ``searched`` lists them."""
 
-    def __init__(self, message: str, searched: Sequence[Path] = ()):
+    def __init__(self, message: str, searched: Sequence[Path] = (), hint: str = ""):
         super().__init__(message)
         self.searched = [Path(p) for p in searched]
+        self.hint = hint
+
+    def __str__(self):
+        return f"{self.args[0]}; {self.hint}" if self.hint else self.args[0]
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UserError, ValueError):
     """A dataset file exists but is corrupt, truncated or not in the expected format."""
 
 
-class DownloadError(OSError):
+class DownloadError(UserError, OSError):
     """A download failed (network error, interrupted transfer or checksum mismatch)."""
 
 

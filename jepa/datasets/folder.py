@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from jepa.datasets.decode import decode
 from jepa.datasets.errors import DatasetFormatError, DatasetNotFoundError
 from jepa.datasets.memory import ImageDataset
 
@@ -14,9 +15,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 class ImageFolderDataset(ImageDataset):
     """An ImageNet-style ``<split>/<class>/<image>`` tree decoded per item with Pillow.
 
-    Each image is converted to ``channels``, its shorter side resized to
-    ``image_size`` and center-cropped to a square; the training augmentation's
-    random-resized-crop then happens on that square.  ``images`` is None.
+    Items (``[i]``, :meth:`get_batch`, used by evaluation) are converted to ``channels``, their shorter side
+    resized to ``image_size`` and center-cropped to a square.  Training does not use them: it crops each
+    file at full resolution (:meth:`source`, :class:`jepa.crops.FileCrops`).  ``images`` is None.
     """
 
     def __init__(self, samples: list[tuple[Path, int]], classes: list[str], *, split: str, channels: int,
@@ -27,9 +28,14 @@ class ImageFolderDataset(ImageDataset):
         self.samples = samples
         self.classes = classes
 
+    def source(self, index: int) -> tuple[Path, str]:
+        """The file of item ``index`` and the name errors give it."""
+        path = self.samples[index][0]
+        return path, str(path)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        return _decode_image(path, self.channels, self.image_size), label
+        return decode_square(path, self.channels, self.image_size), label
 
     def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode and stack the given items; slower than the in-memory datasets."""
@@ -73,14 +79,11 @@ def load_imagefolder(folder: Path, split, channels, image_size, subset) -> Image
                               root=folder)
 
 
-def _decode_image(path: Path, channels: int, size: int) -> torch.Tensor:
+def decode_square(source, channels: int, size: int, name: str | None = None) -> torch.Tensor:
+    """An image file (path or bytes) as uint8 ``[C, size, size]``: shorter side resized to ``size``, centre square."""
     from PIL import Image
 
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-    except Exception as exc:
-        raise DatasetFormatError(f"{path}: cannot decode image: {exc}") from exc
+    img = decode(source, name or str(source), channels)
     w, h = img.size
     scale = size / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
@@ -90,7 +93,6 @@ def _decode_image(path: Path, channels: int, size: int) -> torch.Tensor:
     img = img.crop((left, top, left + size, top + size))
     array = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
     return array.view(size, size, channels).permute(2, 0, 1).contiguous()
-
 
 
 def expected_files(split: str) -> list[str]:

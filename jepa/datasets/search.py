@@ -9,6 +9,7 @@ import jepa.datasets.cifar as cifar
 import jepa.datasets.folder as folder
 import jepa.datasets.idx as idx
 import jepa.datasets.stl10 as stl10
+from jepa.errors import ConfigError
 from jepa.datasets.errors import DatasetNotFoundError
 
 SPLITS = {
@@ -50,7 +51,7 @@ def resolve_split(name: str, split: str) -> str:
         return split
     if split in SPLIT_ALIASES and SPLIT_ALIASES[split] in valid and name not in ("imagefolder", "synthetic"):
         return SPLIT_ALIASES[split]
-    raise ValueError(f"unknown split {split!r} for dataset {name!r}; valid: {', '.join(valid)}"
+    raise ConfigError(f"unknown split {split!r} for dataset {name!r}; valid: {', '.join(valid)}"
                      + ("" if name in ("imagefolder", "synthetic") else " ('val' means 'test')"))
 
 
@@ -110,12 +111,11 @@ def find_dir(name: str, split: str, candidates: list[tuple[Path, str]]) -> Path:
     for path, _ in candidates:
         if has_files(name, split, path):
             return path
-    looked = "\n".join(f"  - {os.path.abspath(p)} ({why})" for p, why in candidates)
+    looked = ", ".join(f"{os.path.abspath(p)} ({why})" for p, why in candidates)
     raise DatasetNotFoundError(
-        f"dataset {name!r} (split {split!r}) not found. Looked in:\n{looked}\n"
-        f"Expected files: {', '.join(expected_files(name, split))}\n"
-        f"To get it: {HOW_TO_GET[name]}.",
-        [p for p, _ in candidates])
+        f"dataset {name!r} (split {split!r}) not found; looked in {looked} for "
+        f"{', '.join(expected_files(name, split))}",
+        [p for p, _ in candidates], hint=f"to get it: {HOW_TO_GET[name]}")
 
 
 def default_download_dir(name: str, root) -> Path:

@@ -12,13 +12,17 @@ import contextlib
 import logging
 import math
 import os
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from jepa.errors import DeviceError
+
 log = logging.getLogger("jepa")
-BACKENDS = ("auto", "xformers", "sdpa", "math")
+AttentionBackend = Literal["auto", "xformers", "sdpa", "math"]
+BACKENDS: tuple[str, ...] = AttentionBackend.__args__
 AUTO_XFORMERS = "auto-xformers"  # what ``auto`` resolves to on CUDA with xformers: xformers where it can run
 _announced: set[str] = set()
 # bf16 on CPU: SDPA's fused kernel is 1.2-4.3x slower than its math kernel in forward + backward up to 160 keys
@@ -70,7 +74,7 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
         raise ValueError(f"model.attention must be one of {', '.join(BACKENDS)}, got {name!r}")
     device = torch.device(device)
     if name == "xformers" and (device.type != "cuda" or not xformers_available()):
-        raise RuntimeError(
+        raise DeviceError(
             "model.attention=xformers needs a CUDA device and the xformers package "
             "(pip install -e '.[cuda]'); use model.attention: auto or sdpa on "
             f"{device.type}")

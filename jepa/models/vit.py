@@ -6,8 +6,8 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from torch.profiler import record_function
+from torch.utils.checkpoint import checkpoint
 
 import kernels
 from jepa.models.attention import attention, prepare_backend
@@ -50,24 +50,89 @@ class MLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))
 
 
-class Block(nn.Module):
-    """LayerNorm → MHSA → residual, LayerNorm → MLP(GELU) → residual."""
+class DropPath(nn.Module):
+    """Stochastic depth: in training each sample's branch output is dropped with probability ``p`` and the
+    kept ones scaled by ``1/(1-p)``; identity in eval."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, backend: str = "sdpa"):
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:g}"
+
+
+class LayerScale(nn.Module):
+    """A learned per-channel scale of a residual branch, starting at ``init`` (a small value: the block starts
+    close to the identity, which steadies deep models)."""
+
+    def __init__(self, dim: int, init: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init)))
+
+    def forward(self, x):
+        return x * self.gamma
+
+
+class Block(nn.Module):
+    """LayerNorm → MHSA → residual, LayerNorm → MLP(GELU) → residual; optional drop path and layer scale
+    on both branches (off by default: then the block is exactly the plain one)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, backend: str = "sdpa",
+                 drop_path: float = 0.0, layer_scale: float | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, backend)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.ls1 = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
+        self.ls2 = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
 
     def forward(self, x, attn_mask=None, queries_from: int = 0):
         """``queries_from=s`` returns only tokens ``s:`` (the rest still act as keys and values): a last block
         whose earlier outputs are discarded skips their projection and MLP."""
         if queries_from:
-            x = x[:, queries_from:] + self.attn(self.norm1(x), attn_mask, queries_from)
+            x = x[:, queries_from:] + self.drop_path(self.ls1(self.attn(self.norm1(x), attn_mask, queries_from)))
         else:
-            x = x + self.attn(self.norm1(x), attn_mask)
-        return x + self.mlp(self.norm2(x))
+            x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), attn_mask)))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Stochastic depth linear over depth: 0 for the first block up to ``rate`` for the last."""
+    return [rate * i / max(1, depth - 1) for i in range(depth)]
+
+
+def run_block(block: Block, x, *args, checkpointed: bool = False):
+    """``block(x, *args)``; with ``checkpointed`` (and gradients on), its activations are recomputed in backward
+    instead of kept: only the block's input stays in memory."""
+    if checkpointed and torch.is_grad_enabled():
+        return checkpoint(block, x, *args, use_reentrant=False)
+    return block(x, *args)
+
+
+def use_stored_pos_embed(module: nn.Module, table: torch.Tensor):
+    """Replace ``module``'s computed sin-cos table by ``table`` (same shape), e.g. an imported checkpoint's.
+
+    A stored table is part of the state dict from then on, so checkpoints and exports keep it.
+    """
+    if tuple(table.shape) != tuple(module.pos_embed.shape):
+        raise ValueError(f"position table of shape {list(table.shape)} does not fit {list(module.pos_embed.shape)}")
+    module.register_buffer("pos_embed", table.detach().to(module.pos_embed).clone(), persistent=True)
+
+
+def _adopt_stored_pos_embed(module, state_dict, prefix, *args):
+    """Load hook: a state dict that holds ``pos_embed`` (a stored table) makes the buffer persistent and loads it."""
+    if prefix + "pos_embed" in state_dict:
+        module.register_buffer("pos_embed", module.pos_embed, persistent=True)
 
 
 def init_weights(module: nn.Module, blocks: nn.ModuleList):
@@ -92,23 +157,31 @@ def init_weights(module: nn.Module, blocks: nn.ModuleList):
 class VisionTransformer(nn.Module):
     """ViT encoder over patches with fixed sin-cos positions and no [cls] token.
 
+    Imported weights may replace the computed position table by their own (``use_stored_pos_embed``).
+
     ``forward(x, idx)`` keeps only the tokens in ``idx`` (``[B, K]`` or ``[E, B, K]``,
     mask-major) BEFORE the blocks, so masked tokens cost nothing.
     """
 
     def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, depth: int,
-                 num_heads: int, mlp_ratio: float = 4.0, attention: str = "sdpa"):
+                 num_heads: int, mlp_ratio: float = 4.0, attention: str = "sdpa", drop_path: float = 0.0,
+                 layer_scale: float | None = None, grad_checkpointing: bool = False):
         super().__init__()
         self.grid = (img_size // patch_size, img_size // patch_size)
         self.num_patches = self.grid[0] * self.grid[1]
         self.embed_dim = embed_dim
+        self.grad_checkpointing = grad_checkpointing
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
         self.register_buffer("pos_embed", sincos_2d(embed_dim, *self.grid).unsqueeze(0), persistent=False)
-        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, attention) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, attention, rate, layer_scale)
+                                    for rate in drop_path_rates(drop_path, depth))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         init_weights(self, self.blocks)
+        self.register_load_state_dict_pre_hook(_adopt_stored_pos_embed)
 
     def embed(self, x):
+        """Patch tokens plus positions: the residual stream, in the parameters' dtype — fp32 under autocast, where
+        the conv yields bf16 and the fp32 ``pos_embed`` promotes the sum (a measured choice: docs/performance.md)."""
         # pos_embed first: the sum takes the layout of the contiguous operand, so the tokens come out
         # contiguous instead of in the conv's [B, D, N] layout (which cost a copy in every layer norm and linear)
         return self.pos_embed + self.patch_embed(x).flatten(2).transpose(1, 2)
@@ -119,7 +192,7 @@ class VisionTransformer(nn.Module):
             x = kernels.masked_gather(x, idx)
         outputs = []
         for i, block in enumerate(self.blocks):
-            x = block(x)
+            x = run_block(block, x, checkpointed=self.grad_checkpointing)
             if return_block_outputs and i >= len(self.blocks) - return_block_outputs:
                 outputs.append(x)
         x = self.norm(x)
@@ -137,17 +210,21 @@ class Predictor(nn.Module):
     """
 
     def __init__(self, grid: tuple[int, int], embed_dim: int, pred_dim: int, depth: int, num_heads: int,
-                 mlp_ratio: float = 4.0, attention: str = "sdpa", shared_context: bool = False):
+                 mlp_ratio: float = 4.0, attention: str = "sdpa", shared_context: bool = False,
+                 drop_path: float = 0.0, layer_scale: float | None = None, grad_checkpointing: bool = False):
         super().__init__()
         self.shared_context = shared_context
+        self.grad_checkpointing = grad_checkpointing
         self.embed = nn.Linear(embed_dim, pred_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, pred_dim))
         self.register_buffer("pos_embed", sincos_2d(pred_dim, *grid).unsqueeze(0), persistent=False)
-        self.blocks = nn.ModuleList(Block(pred_dim, num_heads, mlp_ratio, attention) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(pred_dim, num_heads, mlp_ratio, attention, rate, layer_scale)
+                                    for rate in drop_path_rates(drop_path, depth))
         self.norm = nn.LayerNorm(pred_dim, eps=1e-6)
         self.proj = nn.Linear(pred_dim, embed_dim)
         init_weights(self, self.blocks)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.register_load_state_dict_pre_hook(_adopt_stored_pos_embed)
 
     def forward(self, ctx, ctx_idx, tgt_idx):
         if torch.compiler.is_compiling():  # a compiled graph has no Python ranges; dynamo would warn
@@ -168,9 +245,10 @@ class Predictor(nn.Module):
         x = torch.cat([x.unsqueeze(0).expand(M, E * B, Kc, P),
                        queries.unsqueeze(1).expand(M, E, B, Kt, P).reshape(M, E * B, Kt, P)], dim=2)
         x = x.view(M * E * B, Kc + Kt, P)
+        ckpt = self.grad_checkpointing
         for block in self.blocks[:-1]:
-            x = block(x)
-        x = self.blocks[-1](x, queries_from=Kc)  # the context tokens' last outputs are never used
+            x = run_block(block, x, checkpointed=ckpt)
+        x = run_block(self.blocks[-1], x, None, Kc, checkpointed=ckpt)  # the context tokens' last outputs are unused
         return self.proj(self.norm(x))
 
     def _forward_shared(self, x, queries, M, E, B, Kc, Kt):
@@ -184,9 +262,10 @@ class Predictor(nn.Module):
         is_ctx_key = (group == -1).unsqueeze(0)
         mask = is_ctx_key | (group.unsqueeze(1) == group.unsqueeze(0))
         mask[:Kc] = is_ctx_key                                                 # context sees only context
+        ckpt = self.grad_checkpointing
         for block in self.blocks[:-1]:
-            x = block(x, mask)
-        x = self.blocks[-1](x, mask, queries_from=Kc)
+            x = run_block(block, x, mask, checkpointed=ckpt)
+        x = run_block(self.blocks[-1], x, mask, Kc, checkpointed=ckpt)
         out = self.proj(self.norm(x))                                          # [E·B, M·Kt, D]
         D = out.shape[-1]
         return out.view(E, B, M, Kt, D).permute(2, 0, 1, 3, 4).reshape(M * E * B, Kt, D)

@@ -1,4 +1,4 @@
 """Downstream evaluation beyond the cached-feature probes: attentive probe, streamed SGD linear probe, their data.
 
-Settings (the ``probe`` and ``finetune`` config sections) are in ``jepa.probes.settings``.
+Settings are the ``probe`` and ``finetune`` sections of ``jepa.config``.
 """

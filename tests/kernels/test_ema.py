@@ -135,3 +135,75 @@ def test_unaligned_views(backend):
     kernels.ema_update_(ts, os_, 0.8)
     check(ts, before, os_, 0.8)
     assert torch.equal(base_t[[0, 8194]], outside)
+
+
+# ---------------------------------------------------------------- the launch plan
+
+@pytest.fixture
+def triton_backend():
+    if not kernels.HAS_TRITON or not (GPU or kernels.dispatch.interpreting()):
+        pytest.skip("triton not installed, or compiled Triton without a GPU")
+    kernels.set_backend("triton")
+    yield
+    kernels.set_backend("auto")
+
+
+def test_plan_is_reused_and_rebuilt_when_a_storage_changes(triton_backend):
+    from kernels import ema
+    ema.clear_plans()
+    ts, os_ = make_pairs([torch.float32], [(61,), (8193,), (3, 7)])
+    params = [torch.nn.Parameter(t, requires_grad=False) for t in ts]
+    del ts  # the parameters alone own their storages
+    kernels.ema_update_(params, os_, 0.9)
+    plan = ema.plan_for(params, os_)
+    before = [p.detach().clone() for p in params]
+    kernels.ema_update_(params, os_, 0.9)
+    assert list(ema._PLANS.values()) == [plan]  # same plan, nothing rebuilt
+    check([p.detach() for p in params], before, os_, 0.9)
+
+    old_ptr = params[1].data_ptr()
+    params[1].data = params[1].data.clone()  # new storage for one parameter (as .to(), .half() or a reload would do)
+    before = [p.detach().clone() for p in params]
+    kernels.ema_update_(params, os_, 0.9)
+    check([p.detach() for p in params], before, os_, 0.9)
+    assert plan not in ema._PLANS.values() and len(ema._PLANS) == 1  # the stale plan let the old storage go
+    assert old_ptr not in ema.plan_for(params, os_).table[:, 0].tolist()
+
+
+def test_alignment_is_per_tensor(triton_backend):
+    """One unaligned pair does not take the 16-byte hints (vector loads) from the others."""
+    from kernels import ema
+    base_t, base_o = torch.randn(9000, device=DEVICE), torch.randn(9000, device=DEVICE)
+    ts = [torch.randn(8192, device=DEVICE), base_t[1:8194], torch.randn(100, device=DEVICE)]
+    os_ = [t + 3.0 for t in (ts[0],)] + [base_o[1:8194], ts[2] - 3.0]
+    os_[1].copy_(ts[1] + 3.0)
+    before = [t.clone() for t in ts]
+    kernels.ema_update_(ts, os_, 0.7)
+    check(ts, before, os_, 0.7)
+    codes = ema.plan_for(ts, os_).table[:, 4].cpu()
+    aligned = (codes >= ema._ALIGNED).tolist()
+    assert aligned == [True, False, False, True]  # chunks: ts[0]; ts[1] in two (8193 elements); ts[2]
+
+
+def test_momentum_tensor_is_read_at_every_launch(triton_backend):
+    """A device momentum is read by the kernel, not frozen into the plan or the launch (graph-safe)."""
+    ts, os_ = make_pairs([torch.float32], [(61,), (8193,)])
+    start = [t.clone() for t in ts]
+    mom = torch.tensor(0.9, dtype=torch.float64, device=DEVICE)
+    for m in (0.9, 0.5, 0.99):
+        mom.fill_(m)
+        for t, t0 in zip(ts, start):
+            t.copy_(t0)  # same storage (same plan), the original gap
+        before = [t.clone() for t in ts]
+        kernels.ema_update_(ts, os_, mom)
+        check(ts, before, os_, m)
+
+
+def test_update_counts_as_an_in_place_change(backend):
+    """A target tensor saved for a backward and then updated makes that backward fail, as any in-place op would."""
+    target = torch.randn(61, device=DEVICE)
+    x = torch.randn(61, device=DEVICE, requires_grad=True)
+    y = (x * target).sum()  # saves target for backward
+    kernels.ema_update_([target], [torch.randn(61, device=DEVICE)], 0.9)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()

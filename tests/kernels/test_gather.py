@@ -104,3 +104,101 @@ def test_bad_shapes_raise(backend):
 def test_bf16_cuda(backend):
     x = torch.randn(4, 50, 200, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
     check(x, make_idx(4, 4, 9, 50), torch.bfloat16)
+
+
+# ---------------------------------------------------------------- the backward's paths
+
+def distinct_idx(m, b, k, n, shuffled):
+    """``[M, B, K]`` indices distinct within each (mask, image) row: sorted, as the mask sampler yields, or not."""
+    idx = torch.rand(m, b, n).argsort(-1)[..., :k]
+    return (idx if shuffled else idx.sort(-1).values).to(DEVICE)
+
+
+@pytest.fixture
+def deterministic():
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+def ordered_scatter(grad, idx, n):
+    """The deterministic backward's sum: fp32, gradient rows added in index order, cast to grad's dtype."""
+    g = grad.cpu().float()
+    m, b, k = idx.shape
+    out = torch.zeros(b, n, grad.shape[-1])
+    for mm in range(m):
+        for bb in range(b):
+            for kk in range(k):
+                out[bb, idx[mm, bb, kk]] += g[mm * b + bb, kk]
+    return out.to(grad.dtype)
+
+
+# (B, N, D, K): D = 61 (masked columns), 768 and 1280 (256-wide chunks, no idle lanes), 1000 (512 + a masked tail);
+# N beyond one block of rows, K beyond one block of indices
+UNIQUE_SHAPES = [(2, 9, 61, 5), (3, 40, 768, 17), (1, 80, 1000, 70), (2, 6, 1280, 6)]
+
+
+@pytest.mark.parametrize("dtype,shuffled", [(torch.float32, False), (torch.float16, True)])
+@pytest.mark.parametrize("shape", UNIQUE_SHAPES)
+def test_unique_indices_backward_copies_each_row_once(backend, shape, dtype, shuffled):
+    """One mask of distinct indices (the context gather): every gradient row lands unchanged, the rest is zero."""
+    b, n, d, k = shape
+    x = torch.randn(b, n, d, dtype=dtype, device=DEVICE, requires_grad=True)
+    idx = distinct_idx(1, b, k, n, shuffled)
+    out = kernels.masked_gather(x, idx)
+    assert torch.equal(out.cpu().double(), ref_gather(x, idx))
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    assert x.grad.dtype == dtype
+    assert torch.equal(x.grad.cpu(), ordered_scatter(grad, idx, n))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("m", [1, 4])
+def test_deterministic_mode_sums_repeats_in_index_order(backend, deterministic, monkeypatch, dtype, m):
+    """Repeated indices (within a mask, and across masks) under torch.use_deterministic_algorithms: no atomics,
+    the sum taken in index order, the same bits on every run."""
+    from kernels import gather
+    monkeypatch.setattr(gather, "_scatter_add_atomic", lambda *a: pytest.fail("atomics in deterministic mode"))
+    b, n, d, k = 2, 11, 61, 9
+    x = torch.randn(b, n, d, dtype=dtype, device=DEVICE, requires_grad=True)
+    idx = make_idx(m, b, k, n)
+    idx[0, :, 1] = idx[0, :, 0]  # a repeat within the first mask too
+    grad = torch.randn(m * b, k, d, dtype=dtype, device=DEVICE)
+    grads = []
+    for _ in range(2):
+        x.grad = None
+        kernels.masked_gather(x, idx).backward(grad)
+        grads.append(x.grad.clone())
+    assert torch.equal(grads[0], grads[1])
+    assert rel_err(grads[0], ref_scatter(grad, idx, n)) < TOL[dtype]
+    if backend == "triton":
+        assert torch.equal(grads[0].cpu(), ordered_scatter(grad, idx, n))
+
+
+def test_atomics_only_for_several_masks_outside_deterministic_mode(backend, monkeypatch):
+    """The routing: one mask never takes the atomic path; several masks do, unless deterministic."""
+    from kernels import gather
+    calls = []
+    real = gather._scatter_add_atomic
+    monkeypatch.setattr(gather, "_scatter_add_atomic", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(2, 9, 61, device=DEVICE, requires_grad=True)
+    for m in (1, 4):
+        idx = make_idx(m, 2, 5, 9)
+        out = kernels.masked_gather(x, idx)
+        grad = torch.randn_like(out)
+        out.backward(grad)
+        assert rel_err(x.grad, ref_scatter(grad, idx, 9)) < TOL[torch.float32]
+        x.grad = None
+    assert calls == ([1] if backend == "triton" else [])
+
+
+def test_zero_tokens(backend):
+    x = torch.randn(2, 7, 61, device=DEVICE, requires_grad=True)
+    idx = torch.zeros(3, 2, 0, dtype=torch.long, device=DEVICE)
+    out = kernels.masked_gather(x, idx)
+    assert out.shape == (6, 0, 61)
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+

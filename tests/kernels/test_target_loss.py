@@ -147,3 +147,79 @@ def test_bf16_cuda(backend, kind, beta):
     loss.backward()
     assert pred.grad.dtype == torch.bfloat16
     assert rel_err(pred.grad, ref_grad) < TOL[torch.bfloat16]
+
+
+# ---------------------------------------------------------------- wide rows, the gradient's form, in-place backward
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("d", [768, 1000, 1280])
+def test_wide_rows_with_a_large_mean(backend, d, dtype):
+    """Rows read in 256/512-wide chunks (1000: a masked tail), statistics merged per chunk; a mean 600x the
+    spread must not cancel the variance (fp32 math leaves ~600 * 6e-8 of the mean's rounding; E[x²] - E[x]²
+    would be off by ~600² * 6e-8 = 2 %)."""
+    tol = max(TOL[dtype], 2e-4)
+    b, n, m, k = 2, 5, 2, 3
+    target = (torch.randn(b, n, d) * 0.05 + 30.0).to(dtype=dtype, device=DEVICE)
+    pred = torch.randn(m * b, k, d, dtype=dtype, device=DEVICE, requires_grad=True)
+    idx = make_idx(m, b, k, n)
+    for kind, beta in [("mse", 1.0), ("smooth_l1", 0.5)]:
+        pred.grad = None
+        loss = kernels.masked_target_loss(pred, target, idx, kind=kind, beta=beta)
+        ref_loss, ref_grad = reference(pred, target, idx, kind, beta, True)
+        assert abs(loss.item() - ref_loss.item()) / ref_loss.item() < tol
+        loss.backward()
+        assert rel_err(pred.grad, ref_grad) < tol
+
+
+def test_gradient_form_per_dtype(backend):
+    """The op hands backward d(mean loss)/d(pred), except in fp16 where it is d(summed loss)/d(pred)."""
+    from kernels.target_loss import masked_target_loss_op
+    b, n, d, m, k = 2, 7, 61, 4, 3
+    idx = make_idx(m, b, k, n)
+    target = torch.randn(b, n, d, device=DEVICE)
+    for dtype, per in [(torch.float32, m * b * k * d), (torch.float16, 1)]:
+        pred = torch.randn(m * b, k, d, device=DEVICE).to(dtype)
+        _, dgrad = masked_target_loss_op(pred, target.to(dtype), idx, "mse", 1.0, True, 1e-6, True)
+        _, ref = reference(pred, target.to(dtype), idx, "mse", 1.0, True)
+        assert rel_err(dgrad, ref * (m * b * k * d) / per) < TOL[dtype]
+
+
+def test_backward_reuses_the_forward_gradient(backend):
+    """Triton: the backward scales the forward's gradient in place (no new buffer; no bytes at all when
+    grad_output is 1); the PyTorch path returns a new tensor."""
+    b, n, d, m, k = 2, 7, 61, 4, 3
+    idx = make_idx(m, b, k, n)
+    target = torch.randn(b, n, d, device=DEVICE)
+    pred = torch.randn(m * b, k, d, device=DEVICE, requires_grad=True)
+    _, ref_grad = reference(pred, target, idx, "mse", 1.0, True)
+    saved = []
+
+    def pack(t):
+        saved.append(t.data_ptr())
+        return t
+
+    for scale in (1.0, 2.5):
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = kernels.masked_target_loss(pred, target, idx)
+        (grad,) = torch.autograd.grad(loss * scale if scale != 1.0 else loss, pred)
+        assert rel_err(grad, scale * ref_grad) < 1e-5
+        assert (grad.data_ptr() in saved) == (backend == "triton")
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's 0 * inf
+def test_backward_twice_through_one_graph(backend):
+    """retain_graph: a second backward rescales correctly; after a zero grad_output the gradient is gone and
+    comes back as NaN on the in-place path, never as a silently wrong number."""
+    b, n, d, m, k = 2, 7, 61, 4, 3
+    idx = make_idx(m, b, k, n)
+    target = torch.randn(b, n, d, device=DEVICE)
+    pred = torch.randn(m * b, k, d, device=DEVICE, requires_grad=True)
+    _, ref_grad = reference(pred, target, idx, "mse", 1.0, True)
+    loss = kernels.masked_target_loss(pred, target, idx)
+    for g in (2.0, 5.0, 1.0):
+        (grad,) = torch.autograd.grad(loss, pred, torch.tensor(g, device=DEVICE), retain_graph=True)
+        assert rel_err(grad, g * ref_grad) < 1e-5
+    torch.autograd.grad(loss, pred, torch.tensor(0.0, device=DEVICE), retain_graph=True)
+    (grad,) = torch.autograd.grad(loss, pred, torch.tensor(3.0, device=DEVICE))
+    assert grad.isnan().all() if backend == "triton" else rel_err(grad, 3.0 * ref_grad) < 1e-5

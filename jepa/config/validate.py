@@ -1,0 +1,213 @@
+"""Ranges and cross-field rules of a built config, checked before anything is built from it.
+
+Every message names the key and what would be valid. Floats are already finite and integers
+within 64 bits (``parse``); here each field gets its own range, and the rules that tie fields
+together (patch grid, mask geometry, batch vs subset) are decided from the config alone.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+
+from jepa.config.schema import VICREG_DEFAULTS, Config
+from jepa.datasets import DATASETS
+from jepa.datasets.shards import expand_braces
+from jepa.device import DEVICE
+from jepa.errors import ConfigError
+from jepa.masks import MaskSampler, block_size
+from jepa.models import MODEL_SIZES
+
+BIG = 1 << 40  # an upper bound for counts that only need to be sane
+
+# inclusive integer ranges per key (optional fields may also be null)
+INT_RANGES = {
+    "model.embed_dim": (1, 1 << 16), "model.depth": (1, 1024), "model.num_heads": (1, 1024),
+    "model.patch_size": (1, 4096), "model.pred_dim": (1, 1 << 16), "model.pred_depth": (1, 1024),
+    "model.pred_heads": (1, 1024), "model.num_hierarchies": (1, 4),
+    "data.image_size": (1, 1 << 15), "data.batch_size": (1, 1 << 20), "data.num_workers": (0, 1024),
+    "data.subset": (1, BIG), "data.synthetic_size": (1, 1 << 24), "data.max_bad_images": (0, BIG),
+    "data.shuffle_buffer": (1, 1 << 24),
+    "masks.nenc": (1, 64), "masks.npred": (1, 64), "masks.min_keep": (0, BIG),
+    "training.epochs": (1, 1 << 20), "training.accum_steps": (1, 1 << 16), "training.seed": (0, (1 << 63) - 1),
+    "training.stop_at_step": (1, BIG),
+    "logging.log_every": (1, BIG), "logging.rankme_batch": (0, 1 << 20), "logging.images_every_epochs": (0, 1 << 20),
+    "checkpoint.every_epochs": (0, 1 << 20), "checkpoint.every_steps": (0, BIG), "checkpoint.keep_last": (1, 1 << 20),
+    "eval.every_epochs": (0, 1 << 20), "eval.knn_k": (1, 1 << 20), "eval.max_train": (1, BIG),
+    "eval.max_test": (1, BIG),
+    "probe.batch_size": (1, 1 << 20), "probe.seed": (0, (1 << 63) - 1), "probe.attentive_epochs": (1, 1 << 20),
+    "probe.attentive_queries": (1, 1024), "probe.attentive_heads": (1, 1024), "probe.sgd_epochs": (1, 1 << 20),
+    "finetune.epochs": (1, 1 << 20), "finetune.lowshot_epochs": (1, 1 << 20), "finetune.batch_size": (1, 1 << 20),
+    "finetune.seed": (0, (1 << 63) - 1),
+    "profiling.wait": (0, 1 << 20), "profiling.warmup": (0, 1 << 20), "profiling.active": (1, 1 << 20),
+}
+# float ranges per key: (low, high, low excluded)
+FLOAT_RANGES = {
+    "model.mlp_ratio": (0.0, 64.0, True), "model.drop_path": (0.0, 0.99, False), "model.layer_scale": (0.0, 1e3, True), "loss.beta": (0.0, 1e6, True),
+    "optim.lr": (0.0, 1e3, False), "optim.start_lr": (0.0, 1e3, False), "optim.final_lr": (0.0, 1e3, False),
+    "optim.warmup_epochs": (0.0, 1e6, False), "optim.weight_decay": (0.0, 1e3, False),
+    "optim.final_weight_decay": (0.0, 1e3, False), "optim.eps": (0.0, 1.0, True), "optim.grad_clip": (0.0, 1e12, False),
+    "eval.knn_temperature": (0.0, 1e6, True), "logging.collapse_warn_fraction": (0.0, 0.999, False),
+    "probe.attentive_lr": (0.0, 1e3, False), "probe.attentive_warmup_epochs": (0.0, 1e6, False),
+    "probe.attentive_weight_decay": (0.0, 1e3, False), "probe.sgd_lr": (0.0, 1e3, False),
+    "probe.sgd_momentum": (0.0, 0.999, False), "probe.sgd_weight_decay": (0.0, 1e3, False),
+    "finetune.lr": (0.0, 1e3, False), "finetune.final_lr": (0.0, 1e3, False),
+    "finetune.warmup_fraction": (0.0, 0.999, False), "finetune.weight_decay": (0.0, 1e3, False),
+    "finetune.layer_decay": (0.0, 1.0, True), "finetune.label_smoothing": (0.0, 0.999, False),
+    "finetune.grad_clip": (0.0, 1e12, False),
+    **{f"loss.{k}": (0.0, 1e6, False) for k in VICREG_DEFAULTS},
+}
+
+
+def _check(cond: bool, path: str, msg: str):
+    if not cond:
+        raise ConfigError(f"{path}: {msg}")
+
+
+def _get(cfg: Config, path: str):
+    section, key = path.split(".")
+    return getattr(getattr(cfg, section), key)
+
+
+def _check_pair(pair, path: str, lo: float, hi: float | None, lo_open: bool = True):
+    """``pair`` is ``[low, high]`` with ``lo < low <= high <= hi`` (``lo <= low`` when not ``lo_open``)."""
+    a, b = pair
+    ok = (a > lo if lo_open else a >= lo) and a <= b and (hi is None or b <= hi)
+    bound = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]" if hi is not None else f"> {lo:g}"
+    _check(ok, path, f"must be a pair [low, high] in {bound} with low <= high, got {list(pair)}")
+
+
+def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
+    """Check ranges and cross-field rules; fill derived fields (named model sizes, level weights, VICReg)."""
+    explicit = explicit or set()
+    m, d, k, ls, o, t = cfg.model, cfg.data, cfg.masks, cfg.loss, cfg.optim, cfg.training
+    if m.size != "custom":
+        for key, val in zip(("embed_dim", "depth", "num_heads"), MODEL_SIZES[m.size]):
+            if f"model.{key}" in explicit and getattr(m, key) != val:
+                raise ConfigError(f"model.{key}={getattr(m, key)} conflicts with model.size={m.size} "
+                                  f"({key}={val}); use model.size: custom for other dimensions")
+            setattr(m, key, val)
+    for path, (lo, hi) in INT_RANGES.items():
+        val = _get(cfg, path)
+        _check(val is None or lo <= val <= hi, path, f"must be an integer in {lo}..{hi}, got {val}")
+    for path, (lo, hi, lo_open) in FLOAT_RANGES.items():
+        val = _get(cfg, path)
+        ok = val is None or ((val > lo if lo_open else val >= lo) and val <= hi)
+        _check(ok, path, f"must be a number in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {val}")
+
+    _check(m.embed_dim % m.num_heads == 0, "model.num_heads",
+           f"must divide model.embed_dim={m.embed_dim}, got {m.num_heads}")
+    _check(m.pred_dim % m.pred_heads == 0, "model.pred_heads",
+           f"must divide model.pred_dim={m.pred_dim}, got {m.pred_heads}")
+    _check(m.init_from is None or m.init_from.strip() != "", "model.init_from",
+           "must be a path (a checkpoint, export, official .pth.tar or Hugging Face directory) or null, got ''")
+
+    for i, part in enumerate(d.mix or []):
+        _check(part.name is not None and part.name != "shards", f"data.mix[{i}].name",
+               f"must be one of {', '.join(n for n in DATASETS if n != 'shards')}, got {part.name!r}")
+        _check(0 < part.weight <= 1e6, f"data.mix[{i}].weight", f"must be in (0, 1e6], got {part.weight}")
+    _check_data_files(d, cfg.eval.every_epochs)
+    _check(d.image_size % m.patch_size == 0, "model.patch_size",
+           f"must divide data.image_size={d.image_size}, got {m.patch_size}")
+    grid = d.image_size // m.patch_size
+    _check(grid >= 2, "model.patch_size", f"leaves a {grid}x{grid} patch grid on data.image_size={d.image_size}; "
+           "context and targets need at least 2x2 patches")
+    _check(d.subset is None or d.batch_size <= d.subset, "data.batch_size",
+           f"must be <= data.subset={d.subset} (a batch is never partial), got {d.batch_size}")
+    _check(d.dataset != "synthetic" or d.mix or d.batch_size <= d.synthetic_size, "data.batch_size",
+           f"must be <= data.synthetic_size={d.synthetic_size}, got {d.batch_size}")
+    _check_pair(d.crop_scale, "data.crop_scale", 0.0, 1.0)
+    _check_pair(d.crop_ratio, "data.crop_ratio", 0.0, 100.0)
+    for key in ("mean", "std"):
+        val = getattr(d, key)
+        _check(val is None or len(val) == d.channels, f"data.{key}",
+               f"must have data.channels={d.channels} values or be null, got {val}")
+    _check(d.mean is None or all(-1e3 <= x <= 1e3 for x in d.mean), "data.mean", f"must be in [-1e3, 1e3], got {d.mean}")
+    _check(d.std is None or all(0 < s <= 1e3 for s in d.std), "data.std", f"must be > 0 and <= 1e3, got {d.std}")
+
+    _check_pair(k.enc_scale, "masks.enc_scale", 0.0, 1.0)
+    _check_pair(k.pred_scale, "masks.pred_scale", 0.0, 1.0)
+    _check_pair(k.aspect_ratio, "masks.aspect_ratio", 0.0, 100.0)
+    _check_masks(cfg, grid)
+
+    if ls.level_weights is None:
+        ls.level_weights = [1.0, 0.5, 0.25, 0.125][: m.num_hierarchies]
+    _check(len(ls.level_weights) == m.num_hierarchies, "loss.level_weights",
+           f"must have model.num_hierarchies={m.num_hierarchies} values, got {ls.level_weights}")
+    _check(all(0 <= w <= 1e6 for w in ls.level_weights), "loss.level_weights",
+           f"must be in [0, 1e6], got {ls.level_weights}")
+    for key, default in VICREG_DEFAULTS.items():
+        if ls.type == "combined" and getattr(ls, key) is None:
+            setattr(ls, key, default)
+    unused = [f"loss.{key}" for key in VICREG_DEFAULTS if ls.type != "combined" and getattr(ls, key) is not None]
+    if unused:
+        warnings.warn(f"{', '.join(unused)} set but loss.type is '{ls.type}': they are ignored "
+                      "(set loss.type: combined to use the VICReg term)", UserWarning, stacklevel=3)
+
+    _check(all(0 <= b < 1 for b in o.betas), "optim.betas", f"must be in [0, 1), got {list(o.betas)}")
+    _check(0 <= o.ema[0] <= o.ema[1] <= 1, "optim.ema",
+           f"must be a pair [start, end] with 0 <= start <= end <= 1, got {list(o.ema)}")
+    _check(bool(DEVICE.match(t.device)), "training.device", f"must be auto, cpu, mps, cuda or cuda:N, got {t.device!r}")
+
+    ev, c = cfg.eval, cfg.checkpoint
+    _check(c.monitor != "knn" or ev.every_epochs > 0, "checkpoint.monitor",
+           "'knn' needs the k-NN monitor: set eval.every_epochs >= 1")
+    _check(not (cfg.distributed.strategy == "fsdp" and t.precision == "fp16"), "training.precision",
+           "fp16 needs a grad scaler that agrees across shards, which the fsdp strategy does not have; "
+           "use bf16 or fp32 with distributed.strategy fsdp")
+    _check(not (cfg.distributed.strategy == "fsdp" and ev.every_epochs > 0), "eval.every_epochs",
+           "the k-NN monitor runs on rank 0 alone and cannot read FSDP-sharded weights; set eval.every_epochs: 0 "
+           "with distributed.strategy fsdp and evaluate checkpoints with python -m jepa.eval")
+    heads = cfg.probe.attentive_heads or m.num_heads
+    _check(m.embed_dim % heads == 0, "probe.attentive_heads", f"must divide model.embed_dim={m.embed_dim}, got {heads}")
+    return cfg
+
+
+def _check_data_files(d, monitor_every: int):
+    """The shard keys of ``data``: only with data.dataset: shards, where they are required."""
+    streamed = d.dataset == "shards" and not d.mix
+    _check(d.shards is None or streamed, "data.shards", f"is only read with data.dataset: shards, not {d.dataset!r}")
+    if not streamed:
+        return
+    _check(bool(d.shards), "data.shards", "is required with data.dataset: shards: the tar shards python -m jepa.shards "
+                                          "wrote, as a brace pattern like /data/in1k/shard-{000000..000127}.tar")
+    expand_braces(d.shards)
+    _check(monitor_every == 0, "eval.every_epochs", "the k-NN monitor needs a labelled image folder, not a stream "
+                                                    "of shards; set eval.every_epochs: 0 with data.dataset: shards "
+                                                    "and evaluate checkpoints with python -m jepa.eval")
+
+
+def _check_masks(cfg: Config, side: int):
+    """Mask geometry that cannot work on the patch grid, decided from the block-size rule over all draws."""
+    k = cfg.masks
+    grid, n = (side, side), side * side
+    _check(k.min_keep < n, "masks.min_keep", f"must be in [0, {n}) for a {side}x{side} grid, got {k.min_keep}")
+    ch, cw = block_size(0.0, grid, k.enc_scale, (1.0, 1.0))
+    _check(k.min_keep <= ch * cw, "masks.min_keep",
+           f"must be <= {ch * cw}, the smallest context block masks.enc_scale={list(k.enc_scale)} gives on the "
+           f"{side}x{side} grid ({ch}x{cw}), got {k.min_keep}")
+    if not k.allow_overlap:
+        failed = _batches_without_context((side, side), tuple(k.enc_scale), tuple(k.pred_scale),
+                                          tuple(k.aspect_ratio), k.nenc, k.npred, k.min_keep)
+        _check(failed == 0, "masks.npred",
+               f"{k.npred} target blocks (masks.pred_scale={list(k.pred_scale)}) covered the whole {side}x{side} grid "
+               f"of some image, leaving it no context, in {failed} of {PROBE_BATCHES} trial batches; lower "
+               "masks.npred or masks.pred_scale, or set masks.allow_overlap")
+
+
+PROBE_BATCHES = 16
+
+
+@functools.lru_cache(maxsize=64)
+def _batches_without_context(grid, enc_scale, pred_scale, aspect_ratio, nenc, npred, min_keep) -> int:
+    """In how many of ``PROBE_BATCHES`` seeded batches of 64 the sampler (after its target redraws) is left
+    with an image whose targets cover the whole grid. Cached: a config is validated many times."""
+    sampler = MaskSampler(grid, enc_scale, pred_scale, aspect_ratio, nenc, npred, min_keep)
+    failed = 0
+    for seed in range(PROBE_BATCHES):
+        try:
+            sampler.sample(64, torch.Generator().manual_seed(seed))
+        except ConfigError:
+            failed += 1
+    return failed
