@@ -193,6 +193,18 @@ def check_checkpoint(state, path: Path) -> dict:
     return state
 
 
+def rng_state(device: torch.device) -> dict:
+    """The global torch RNG state (and the device's, on CUDA) as tensors, for a checkpoint."""
+    rng = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def restore_rng(rng: dict, device: torch.device):
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], device)
 def check_resumable(path: Path, state: dict, model_shapes: dict):
     """A CheckpointError unless ``state`` holds what resuming reads: weights of ``model_shapes``' names and shapes,
     an optimizer state, the RNG state and typed counters."""
@@ -314,13 +326,17 @@ class Checkpointer:
     """A run's checkpoints: step files, the newest ``keep_last`` of them, ``best.pt``, and resuming.
 
     Rank 0 writes; every rank takes part in a save (FSDP gathers collectively) and in resuming.
-    Lower metrics are better (the epoch loss, or minus the k-NN accuracy).
+    Lower metrics are better (the epoch loss, or minus the k-NN accuracy). ``kind`` tells pre-training
+    checkpoints from fine-tuning ones (``state["kind"]``, absent for pre-training), so neither resumes the
+    other; ``command`` is the command line that continues the run (default: ``python -m jepa.train``).
     """
 
-    def __init__(self, run_dir: str | Path, keep_last: int, dist):
+    def __init__(self, run_dir: str | Path, keep_last: int, dist, kind: str = "pretrain",
+                 command: list[str] | None = None):
         self.run_dir = Path(run_dir)
         self.keep_last = keep_last
         self.dist = dist
+        self.kind, self.command = kind, command
         self.best_metric = math.inf
         self.saved_step: int | None = None  # the step this process wrote last: saving it again is a no-op
 
@@ -384,7 +400,13 @@ class Checkpointer:
         return state
 
     def _check_compatible(self, path: Path, state: dict, config: dict):
-        """Refuse a checkpoint of another model or mask setting (every file of the run would be refused too)."""
+        """Refuse a checkpoint of another kind of run, model or mask setting (every file of the run would be refused
+        too)."""
+        kind = state.get("kind", "pretrain")
+        if kind != self.kind:
+            tool = "jepa.finetune" if kind == "finetune" else "jepa.train"
+            raise IncompatibleCheckpointError(f"{path} is a {kind} checkpoint, not a {self.kind} one: continue it "
+                                              f"with python -m {tool}")
         saved = state["config"]
         for key in ("model", "masks"):
             section = saved.get(key)
@@ -412,8 +434,9 @@ class Checkpointer:
 
     def resume_command(self, stop_at_step: int | None) -> str:
         """The command line that continues this run (past ``training.stop_at_step`` when one is set)."""
-        cmd = ["python", "-m", "jepa.train", "--config", str(self.run_dir / "config.yaml"),
-               "--run-dir", str(self.run_dir), "--resume", "auto"]
+        cmd = ["python", "-m", "jepa.train", "--config", str(self.run_dir / "config.yaml"), "--run-dir",
+               str(self.run_dir)] if self.command is None else list(self.command)
+        cmd += ["--resume", "auto"]
         if stop_at_step is not None:
             cmd += ["--training.stop_at_step", "null"]
         return shlex.join(cmd)

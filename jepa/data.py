@@ -309,6 +309,20 @@ class TrainBatches:
                             generator=torch.Generator().manual_seed(mix_seed(seed, epoch)))
         return self.checked(iter(loader))
 
+    def first_batch(self, epoch: int) -> Batch:
+        """Batch 0 of ``epoch`` as training draws it, normalised, on the CPU (for pictures: no loader workers, and
+        files it replaces are not counted against ``data.max_bad_images``)."""
+        seed = self.cfg.training.seed
+        if isinstance(self.dataset, ShardSet):
+            batch = next(iter(ShardBatches(self.dataset, self.plan, self.crops, self.norm, self.sampler, seed,
+                                           self.rank, epoch, 0)))
+        else:
+            batch = EpochBatches(self.dataset, self.order(epoch), self.batch_size, self.augment, self.sampler, seed,
+                                 self.rank, epoch, self.crops, self.norm)[0]
+        if isinstance(batch, LoaderFailure):
+            raise batch.error
+        return batch.to(torch.device("cpu"))
+
     def checked(self, batches):
         """Re-raise a worker's dataset error as itself; apply the bad-image policy to every batch."""
         for batch in batches:

@@ -1,4 +1,4 @@
-"""Frozen-encoder evaluation: ``python -m jepa.eval --checkpoint PATH --dataset NAME [--protocol linear|knn|both]``.
+"""Frozen-encoder evaluation: ``python -m jepa.eval --checkpoint PATH --dataset NAME [--protocol PROTOCOL]``.
 
 The protocols are fixed (never tuned per checkpoint), so numbers are comparable:
 
@@ -9,8 +9,13 @@ The protocols are fixed (never tuned per checkpoint), so numbers are comparable:
 * linear probe: features standardised with the train split's mean/std, a linear
   softmax classifier fitted on the whole train split by full-batch L-BFGS
   (``LINEAR_PROBE``), top-1 on the test split;
-* k-NN: k = 20 nearest train features by cosine similarity, votes weighted by
-  ``exp(similarity / 0.07)``, top-1 on the test split.
+* k-NN: k = 20 (and 10, 100 from the same search) nearest train features by cosine
+  similarity, votes weighted by ``exp(similarity / 0.07)``, top-1 on the test split;
+* ``linear-sgd`` and ``attentive``: the streamed probes of ``jepa.probes`` (settings in the
+  ``probe`` config section, overridable as ``--probe.key value``); ``all`` runs every protocol.
+
+Results of several calls on the same checkpoint, data and features accumulate in one JSON report
+(``python -m jepa.finetune`` adds its results there too).
 
 ``--baselines`` adds the same architecture at its random initialisation (the encoder
 the run started from) and raw pixels. Features are cached per checkpoint file content.
@@ -18,6 +23,7 @@ the run started from) and raw pixels. Features are cached per checkpoint file co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,11 +32,14 @@ import sys
 import time
 from pathlib import Path
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
 from jepa import cli
 from jepa.checkpoint import CheckpointError, check_output, load_file
+from jepa.config import config_from_dict, parse_overrides
 from jepa.datasets import load_dataset
 from jepa.device import pick_device
 from jepa.errors import ConfigError
@@ -38,14 +47,19 @@ from jepa.export import encoder_from, read_encoder, source_config, source_digest
 from jepa.io import atomic_save, atomic_write_text
 from jepa.models import Pooling, build_encoder, pool_tokens
 from jepa.models.attention import resolve_backend
+from jepa.probes.attentive import attentive_probe
+from jepa.probes.data import training_augment
+from jepa.probes.linear_sgd import linear_sgd_probe
 from jepa.progress import Progress
 from jepa.transforms import EvalTransform
 
 log = logging.getLogger("jepa")
 
+Protocol = Literal["linear", "knn", "both", "linear-sgd", "attentive", "all"]
+PROTOCOLS: tuple[str, ...] = Protocol.__args__
 LINEAR_PROBE = {"optimizer": "L-BFGS (full batch, strong Wolfe line search, history 20)", "max_iter": 300,
                 "l2": 1e-4, "standardize": True}
-KNN = {"k": 20, "temperature": 0.07, "similarity": "cosine"}
+KNN = {"k": 20, "also_k": [10, 100], "temperature": 0.07, "similarity": "cosine"}
 FEATURES: tuple[str, ...] = Pooling.__args__
 METHODS = {"pretrained": "pre-trained", "random_init": "random init", "raw_pixels": "raw pixels"}
 CACHE_VERSION = "features-v1"
@@ -123,19 +137,27 @@ def linear_probe(train_x, train_y, test_x, test_y, num_classes: int, max_iter: i
         return (xt @ w + b).argmax(1).eq(test_y).float().mean().item()
 
 
+def knn_predict_many(train_x, train_y, test_x, num_classes: int, ks=(KNN["k"],),
+                     temperature: float = KNN["temperature"], chunk: int = 1024) -> dict[int, torch.Tensor]:
+    """Class predictions ``[T]`` for every k in ``ks`` from one neighbour search: votes of the ``k`` most
+    cosine-similar train items, weighted ``exp(sim / t)``."""
+    train_n = F.normalize(train_x.float(), dim=1)
+    preds: dict[int, list] = {k: [] for k in ks}
+    for start in range(0, test_x.shape[0], chunk):
+        q = F.normalize(test_x[start:start + chunk].float(), dim=1)
+        sims, nn_idx = (q @ train_n.T).topk(min(max(ks), train_n.shape[0]), dim=1)  # sorted, most similar first
+        weights, labels = (sims.double() / temperature).exp(), train_y[nn_idx]
+        for k in ks:
+            votes = torch.zeros(q.shape[0], num_classes, dtype=torch.float64)
+            votes.scatter_add_(1, labels[:, :k], weights[:, :k])
+            preds[k].append(votes.argmax(1))
+    return {k: torch.cat(p) for k, p in preds.items()}
+
+
 def knn_predict(train_x, train_y, test_x, num_classes: int, k: int = KNN["k"],
                 temperature: float = KNN["temperature"], chunk: int = 1024) -> torch.Tensor:
     """Class predictions ``[T]``: votes of the ``k`` most cosine-similar train items, weighted ``exp(sim / t)``."""
-    train_n = F.normalize(train_x.float(), dim=1)
-    k = min(k, train_n.shape[0])
-    preds = []
-    for start in range(0, test_x.shape[0], chunk):
-        q = F.normalize(test_x[start:start + chunk].float(), dim=1)
-        sims, nn_idx = (q @ train_n.T).topk(k, dim=1)
-        votes = torch.zeros(q.shape[0], num_classes, dtype=torch.float64)
-        votes.scatter_add_(1, train_y[nn_idx], (sims.double() / temperature).exp())
-        preds.append(votes.argmax(1))
-    return torch.cat(preds)
+    return knn_predict_many(train_x, train_y, test_x, num_classes, (k,), temperature, chunk)[k]
 
 
 def knn_accuracy(train_x, train_y, test_x, test_y, num_classes: int, k: int = KNN["k"],
@@ -144,12 +166,33 @@ def knn_accuracy(train_x, train_y, test_x, test_y, num_classes: int, k: int = KN
 
 
 def run_protocols(train, test, num_classes: int, protocol: str = "both") -> dict:
-    """``{"linear": top1, "knn": top1}`` (the requested ones) for cached ``(features, labels)`` pairs."""
+    """``{"linear": top1, "knn": top1 at k=20, "knn_k": {k: top1}}`` (those requested) for cached features."""
     out = {}
-    if protocol in ("linear", "both"):
+    if protocol in ("linear", "both", "all"):
         out["linear"] = round(linear_probe(train[0], train[1], test[0], test[1], num_classes), 6)
-    if protocol in ("knn", "both"):
-        out["knn"] = round(knn_accuracy(train[0], train[1], test[0], test[1], num_classes), 6)
+    if protocol in ("knn", "both", "all"):
+        ks = sorted({KNN["k"], *KNN["also_k"]})
+        preds = knn_predict_many(train[0], train[1], test[0], num_classes, ks)
+        out["knn_k"] = {str(k): round(p.eq(test[1]).float().mean().item(), 6) for k, p in preds.items()}
+        out["knn"] = out["knn_k"][str(KNN["k"])]
+    return out
+
+
+def streamed_protocols(protocol: str, encoder, cfg, train_ds, test_ds, transform, features: str = "mean",
+                       device="cpu", progress: bool = False) -> dict:
+    """``{"linear_sgd": top1, "attentive": top1}`` (those requested) for one source. ``encoder=None`` is raw
+    pixels: flattened for the linear probe; no attentive probe (a bag of pixel patches has no positions)."""
+    wanted = [p for p in ("linear-sgd", "attentive") if protocol in (p, "all")]
+    out = {}
+    if "linear-sgd" in wanted:
+        feature_fn = (lambda x: x.flatten(1)) if encoder is None else (lambda x: pool_tokens(encoder, x, features))
+        augment = training_augment(cfg, transform.mean.tolist(), transform.std.tolist())
+        out["linear_sgd"] = round(linear_sgd_probe(feature_fn, train_ds, test_ds, transform, train_ds.num_classes,
+                                                   cfg.probe, device, augment, progress), 6)
+    if "attentive" in wanted and encoder is not None:
+        heads = cfg.probe.attentive_heads or cfg.model.num_heads
+        out["attentive"] = round(attentive_probe(encoder, encoder.embed_dim, heads, train_ds, test_ds, transform,
+                                                 train_ds.num_classes, cfg.probe, device, progress), 6)
     return out
 
 
@@ -206,13 +249,21 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None, protocol: str =
              features: str = "mean", baselines: bool = False, root: str | None = None,
              train_subset: int | None = None, test_subset: int | None = None, test_split: str = "test",
              batch_size: int = 256, device: str = "cpu", cache: bool = True, progress: bool = True,
-             out: str | Path | None = None, num_heads: int | None = None, image_size: int | None = None) -> dict:
-    """Run the protocols on a checkpoint (and baselines), write the JSON report, return it."""
+             out: str | Path | None = None, num_heads: int | None = None, image_size: int | None = None,
+             overrides: dict | None = None) -> dict:
+    """Run the protocols on a checkpoint (and baselines), write (or add to) the JSON report, return it.
+
+    ``overrides``: dotted config keys (``{"probe.sgd_epochs": 5}``) applied to the checkpoint's config.
+    """
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     checkpoint = Path(checkpoint)
     t0 = time.time()
     cfg, trained, step, digest = load_source(checkpoint, encoder, device, num_heads, image_size)
     if dataset is None and step is None:  # foreign weights: no step, no training config
         raise ConfigError(f"--dataset is required: {checkpoint} holds no training config to take it from")
+    if overrides:
+        cfg = config_from_dict(cfg.to_dict(), overrides)
     name = dataset or cfg.data.dataset
     mean, std = trained.normalization["mean"], trained.normalization["std"]
     load = dict(channels=cfg.data.channels, image_size=cfg.data.image_size)
@@ -234,39 +285,95 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None, protocol: str =
     results = {}
     for method, (model, key, label) in sources.items():
         t1 = time.time()
-        split_feats = []
-        for split, ds in (("train", train_ds), (test_split, test_ds)):
-            path = None
-            if cache_dir is not None and model is not None:
-                path = cache_path(cache_dir, f"{label}.{name}.{split}.{features}",
-                                  {**key, **data_key, "split": split, "features": features})
-            if progress and model is not None and not (path is not None and path.is_file()):
-                print(f"{METHODS[method]} features: {name} {split}, {len(ds)} images", file=sys.stderr)
-            split_feats.append(cached_features(path, lambda ds=ds, model=model: extract_features(
-                model, ds, transform, features, batch_size, device, progress=progress)))
-        acc = run_protocols(split_feats[0], split_feats[1], train_ds.num_classes, protocol)
-        results[method] = {**acc, "feature_dim": int(split_feats[0][0].shape[1]),
-                           "seconds": round(time.time() - t1, 1)}
+        acc = {}
+        if protocol in ("linear", "knn", "both", "all"):
+            split_feats = []
+            for split, ds in (("train", train_ds), (test_split, test_ds)):
+                path = None
+                if cache_dir is not None and model is not None:
+                    path = cache_path(cache_dir, f"{label}.{name}.{split}.{features}",
+                                      {**key, **data_key, "split": split, "features": features})
+                if progress and model is not None and not (path is not None and path.is_file()):
+                    print(f"{METHODS[method]} features: {name} {split}, {len(ds)} images", file=sys.stderr)
+                split_feats.append(cached_features(path, lambda ds=ds, model=model: extract_features(
+                    model, ds, transform, features, batch_size, device, progress=progress)))
+            acc = {**run_protocols(split_feats[0], split_feats[1], train_ds.num_classes, protocol),
+                   "feature_dim": int(split_feats[0][0].shape[1])}
+        if progress and protocol in ("linear-sgd", "attentive", "all"):
+            print(f"{METHODS[method]}: {protocol} on {name}", file=sys.stderr)
+        acc.update(streamed_protocols(protocol, model, cfg, train_ds, test_ds, transform, features, device, progress))
+        results[method] = {**acc, "seconds": round(time.time() - t1, 1)}
 
-    report = {"checkpoint": str(checkpoint), "step": step, "encoder": encoder, "features": features,
-              "dataset": name, "test_split": test_split, "train_images": len(train_ds), "test_images": len(test_ds),
-              "linear_probe": LINEAR_PROBE, "knn": KNN, "results": results, "seconds": round(time.time() - t0, 1)}
-    out = Path(out) if out else checkpoint.with_name(f"{checkpoint.stem}.eval.{name}.json")
-    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    report = {"checkpoint": str(checkpoint), "checkpoint_sha256": digest, "step": step, "encoder": encoder,
+              "features": features, "dataset": name, "test_split": test_split, "train_images": len(train_ds),
+              "test_images": len(test_ds), "linear_probe": LINEAR_PROBE, "knn": KNN, "results": results,
+              "seconds": round(time.time() - t0, 1)}
+    settings = dataclasses.asdict(cfg.probe)
+    for p, key, prefix in (("linear-sgd", "linear_sgd", "sgd_"), ("attentive", "attentive_probe", "attentive_")):
+        if protocol in (p, "all"):
+            report[key] = {k: v for k, v in settings.items() if k.startswith(prefix) or k in ("batch_size", "seed")}
+    out = Path(out) if out else report_path(checkpoint, name)
+    report = write_report(report, out)
     report["json"] = str(out)
     return report
 
 
+# ---------------------------------------------------------------- the report
+
+
+REPORT_IDENTITY = ("checkpoint_sha256", "dataset", "test_split", "train_images", "test_images", "encoder", "features")
+
+
+def report_path(checkpoint: Path, dataset: str) -> Path:
+    return checkpoint.with_name(f"{checkpoint.stem}.eval.{dataset}.json")
+
+
+def write_report(report: dict, out: Path) -> dict:
+    """Write ``report`` to ``out``, keeping the other protocols' results of a report there on the same checkpoint
+    file and data (``REPORT_IDENTITY``); a report on anything else is replaced. Returns what was written."""
+    try:
+        old = json.loads(out.read_text()) if out.is_file() else None
+    except (OSError, ValueError):
+        old = None
+    if isinstance(old, dict) and all(old.get(k) == report.get(k) for k in REPORT_IDENTITY):
+        results = {m: dict(r) for m, r in old.get("results", {}).items()}
+        for method, r in report["results"].items():
+            results[method] = {**results.get(method, {}), **r}
+        runs = {**old.get("finetune_runs", {}), **report.get("finetune_runs", {})}
+        report = {**old, **report, "results": results, **({"finetune_runs": runs} if runs else {})}
+    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def finetune_label(key: str) -> str:
+    """Column name of a fine-tuning result: ``finetune``, ``finetune_shots10``, ``finetune_frac0.01``."""
+    if key.startswith("finetune_shots"):
+        return f"fine-tune {key[len('finetune_shots'):]}-shot"
+    if key.startswith("finetune_frac"):
+        return f"fine-tune {100 * float(key[len('finetune_frac'):]):g} %"
+    return "full fine-tune"
+
+
 def format_table(report: dict) -> str:
-    """Markdown table: one row per feature source, linear and k-NN top-1 in percent."""
-    cols = [c for c in ("linear", "knn") if any(c in r for r in report["results"].values())]
-    head = {"linear": "linear probe top-1", "knn": f"k-NN top-1 (k={KNN['k']})"}
-    lines = ["| features | " + " | ".join(head[c] for c in cols) + " |",
-             "|---|" + "---:|" * len(cols)]
+    """Markdown table: one row per feature source, a column per protocol in the report, top-1 in percent."""
+    present = set().union(*(r.keys() for r in report["results"].values()))
+    cols = [("linear", "linear probe top-1")] if "linear" in present else []
+    if "knn" in present:
+        ks = sorted({int(k) for r in report["results"].values() for k in r.get("knn_k", {})} or {KNN["k"]})
+        cols += [(f"knn_k.{k}" if k != KNN["k"] else "knn", f"k-NN top-1 (k={k})") for k in ks]
+    cols += [(c, h) for c, h in (("linear_sgd", "SGD linear probe top-1"), ("attentive", "attentive probe top-1"))
+             if c in present]
+    tuned = sorted((c for c in present if c.startswith("finetune")), key=lambda c: (c == "finetune", c))
+    cols += [(c, finetune_label(c) + " top-1") for c in tuned]
+
+    def cell(r, col):
+        v = r.get("knn_k", {}).get(col.split(".")[1]) if col.startswith("knn_k.") else r.get(col)
+        return f"{100 * v:.1f} %" if isinstance(v, (int, float)) else "–"
+    lines = ["| features | " + " | ".join(h for _, h in cols) + " |", "|---|" + "---:|" * len(cols)]
     for method in ("raw_pixels", "random_init", "pretrained"):
         r = report["results"].get(method)
         if r is not None:
-            lines.append(f"| {METHODS[method]} | " + " | ".join(f"{100 * r[c]:.1f} %" for c in cols) + " |")
+            lines.append(f"| {METHODS[method]} | " + " | ".join(cell(r, c) for c, _ in cols) + " |")
     return "\n".join(lines)
 
 
@@ -275,13 +382,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jepa.eval", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m jepa.eval", description=__doc__.splitlines()[0],
+                                     epilog="--probe.key value overrides a probe setting (docs/evaluation.md)")
     parser.add_argument("--checkpoint", required=True,
                         help="training checkpoint, exported encoder, official I-JEPA .pth.tar or Hugging Face "
                              "IJepaModel directory (docs/interop.md)")
     parser.add_argument("--dataset", help="labelled dataset to evaluate on (default: the one trained on)")
     parser.add_argument("--data-root", help="where the dataset lives (default: the usual search path)")
-    parser.add_argument("--protocol", choices=("linear", "knn", "both"), default="both")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="both",
+                        help="linear (L-BFGS) and knn on cached features (both), linear-sgd and attentive "
+                             "streamed probes, or all (default: both)")
     parser.add_argument("--encoder", choices=("target", "context"), default="target",
                         help="which frozen encoder gives the features (default: target)")
     parser.add_argument("--features", choices=FEATURES, default="mean",
@@ -301,17 +411,22 @@ def run(argv: list[str] | None = None) -> int:
                         "official width table)")
     parser.add_argument("--image-size", type=int, help="evaluate at this input size (default: the encoder's; "
                         "the position table is interpolated or recomputed)")
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for flag in ("train_subset", "test_subset", "batch_size", "num_heads", "image_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    overrides = parse_overrides(rest)
+    bad = [k for k in overrides if not k.startswith("probe.")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join('--' + k for k in bad)} (only --probe.* settings can be "
+                     "overridden here)")
     device = str(pick_device(args.device, "--device"))
     out = check_output(args.out, [args.checkpoint], args.force) if args.out else None
     report = evaluate(args.checkpoint, args.dataset, args.protocol, args.encoder, args.features, args.baselines,
                       args.data_root, args.train_subset, args.test_subset, args.test_split, args.batch_size,
-                      device, not args.no_cache, not args.no_progress, out, args.num_heads, args.image_size)
+                      device, not args.no_cache, not args.no_progress, out, args.num_heads, args.image_size, overrides)
     step = "" if report["step"] is None else f"step {report['step']}, "
     print(f"{report['checkpoint']} ({step}{report['encoder']} encoder, {report['features']} "
           f"features) on {report['dataset']}: {report['train_images']} train / {report['test_images']} "

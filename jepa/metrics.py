@@ -20,12 +20,25 @@ def target_std(h: torch.Tensor) -> torch.Tensor:
     return h.detach().float().mean(dim=1).std(dim=0).mean()
 
 
-class TrainLogger:
-    """Every ``logging.log_every`` steps: means over ranks to the progress line and TensorBoard (rank 0)."""
+def rankme(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Effective rank of embeddings ``z [n, d]`` (RankMe, Garrido et al. 2023): the exponential of the entropy of
+    the singular values normalised to sum 1; from 1 (one direction) to min(n, d) (all directions equally)."""
+    s = torch.linalg.svdvals(z.detach().float())
+    p = s / s.sum().clamp_min(1e-30) + eps
+    return torch.exp(-(p * p.log()).sum())
 
-    def __init__(self, cfg, run_dir: Path, dist, device, mask_stats, images_per_step: int, start_step: int = 0):
+
+class TrainLogger:
+    """Every ``logging.log_every`` steps: means over ranks to the progress line and TensorBoard (rank 0).
+
+    ``mask_stats`` (None: no masks, as in fine-tuning) adds the sampler's token counts; ``alarm`` (a
+    ``jepa.monitor.CollapseMonitor``) checks ``rankme`` and marks a collapse in the progress line.
+    """
+
+    def __init__(self, cfg, run_dir: Path, dist, device, mask_stats, images_per_step: int, start_step: int = 0,
+                 alarm=None):
         self.log_every, self.show_progress = cfg.logging.log_every, dist.is_main and cfg.logging.progress
-        self.dist, self.device, self.mask_stats = dist, device, mask_stats
+        self.dist, self.device, self.mask_stats, self.alarm = dist, device, mask_stats, alarm
         self.images_per_step = images_per_step
         self.writer = None
         if dist.is_main and cfg.logging.tensorboard:
@@ -37,6 +50,8 @@ class TrainLogger:
         self.total_steps = total_steps
         self.progress = Progress(total_steps, initial=step, enabled=self.show_progress)
         self.last_t, self.last_step = time.time(), step
+        if step == 0 and self.alarm is not None and self.alarm.start is not None:
+            self.scalar("train/rankme", self.alarm.start, 0)
 
     def due(self, step: int) -> bool:
         self.progress.update(step)
@@ -47,7 +62,7 @@ class TrainLogger:
         now = time.time()
         ips = (step - self.last_step) * self.images_per_step / max(now - self.last_t, 1e-9)
         self.last_t, self.last_step = now, step
-        stats = self.mask_stats.summary()
+        stats = self.mask_stats.summary() if self.mask_stats is not None else {}
         per_rank = {k: v for k, v in metrics.items() if torch.is_tensor(v)}
         per_rank.update({f"masks/{k}": v for k, v in stats.items()})
         reduced = jdist.mean_over_ranks(per_rank, self.dist, self.device)
@@ -55,7 +70,11 @@ class TrainLogger:
         scalars["images_per_s"] = ips
         if not self.dist.is_main:
             return
-        self.progress.set_postfix(loss=scalars["loss"], lr=scalars["lr"], ema=scalars["momentum"], ips=ips)
+        shown = {name: scalars[key] for name, key in (("loss", "loss"), ("lr", "lr"), ("ema", "momentum"))
+                 if key in scalars}
+        if "rankme" in scalars and self.alarm is not None:
+            shown["rankme"] = self.alarm.check(step, scalars["rankme"])
+        self.progress.set_postfix(**shown, ips=ips)
         for k, v in scalars.items():
             self.scalar(k if "/" in k else f"train/{k}", v, step)
         for k in stats:

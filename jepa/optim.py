@@ -1,4 +1,5 @@
-"""The optimizer side of a step: AdamW with weight decay on weights only, schedule values, clipping, fp16 scaling."""
+"""The optimizer side of a step: AdamW with weight decay on weights only, layer-wise LR decay, schedule values,
+clipping, fp16 scaling."""
 from __future__ import annotations
 
 import torch
@@ -18,10 +19,25 @@ def build_optimizer(model, optim_cfg) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
 
 
+def layer_decay_groups(named_params, layer_of, num_layers: int, weight_decay: float, decay: float) -> list[dict]:
+    """Parameter groups for layer-wise learning-rate decay: a parameter of layer ``layer_of(name)`` (0 = input,
+    ``num_layers`` = output) gets ``lr_scale = decay ** (num_layers - layer)``; weights decay, 1-D parameters not."""
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in named_params:
+        if not p.requires_grad:
+            continue
+        layer, wd = layer_of(name), p.ndim > 1
+        group = groups.setdefault((layer, wd), {"params": [], "lr_scale": decay ** (num_layers - layer),
+                                                "apply_wd": wd, "weight_decay": weight_decay if wd else 0.0})
+        group["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
 def set_schedule(optimizer: torch.optim.Optimizer, lr: float, wd: float):
-    """This step's learning rate for every group and weight decay for the groups that decay."""
+    """This step's learning rate (times a group's ``lr_scale``, if any) for every group, weight decay for the
+    groups that decay."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group["lr_scale"] if "lr_scale" in group else lr
         if group["apply_wd"]:
             group["weight_decay"] = wd
 

@@ -20,7 +20,7 @@ from torch.profiler import record_function
 import kernels
 from jepa import cli
 from jepa import distributed as jdist
-from jepa.checkpoint import FORMAT, Checkpointer
+from jepa.checkpoint import FORMAT, Checkpointer, restore_rng, rng_state
 from jepa.config import Config, ConfigError, add_config_args, config_from_cli
 from jepa.data import Batch, TrainBatches
 from jepa.device import pick_precision, setup_process
@@ -30,11 +30,12 @@ from jepa.losses import JEPALoss
 from jepa.masks import MaskStats
 from jepa.metrics import TrainLogger, log_run_start, target_std
 from jepa.models import build_model, compile_model, mark_token_counts_dynamic
-from jepa.monitor import KnnMonitor
+from jepa.monitor import CollapseMonitor, KnnMonitor
 from jepa.optim import FiniteGuard, build_optimizer, clip_and_step, set_schedule
 from jepa.profiling import step_profiler
 from jepa.schedules import build_schedules
 from jepa.signals import StopOnSignal
+from jepa.visualize import TrainingPictures
 
 log = logging.getLogger("jepa")
 
@@ -73,6 +74,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.trained_params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.target_encoder = self.model.target_encoder
+        self.collapse = CollapseMonitor(cfg, self.target_encoder, self.data.dataset, device, self.amp_dtype)  # step 0
         if t.compile:
             compile_model(self.model, t.compile)
         self.ema_pairs = jdist.local_shard_pairs(list(self.model.target_encoder.parameters()),  # FSDP: local shards
@@ -86,10 +88,11 @@ class Trainer:
         if state is not None:
             self.load_state_dict(state)
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        self.logger = TrainLogger(cfg, self.run_dir, self.dist, device, self.mask_stats, self.global_batch, self.step)
+        self.logger = TrainLogger(cfg, self.run_dir, self.dist, device, self.mask_stats, self.global_batch, self.step,
+                                  self.collapse)
         self.knn_monitor = KnnMonitor(cfg, device, self.amp_dtype)
+        self.pictures = TrainingPictures(cfg, self.data, device, self.amp_dtype, self.logger.writer)
         self.profile = profile or cfg.profiling.enabled
 
     # ------------------------------------------------------------------ the step
@@ -195,7 +198,7 @@ class Trainer:
                 self.check_finite()
                 if self.scaler.is_enabled():
                     metrics["skipped_steps"] = self.skipped_steps
-                self.logger.log(self.step, metrics)
+                self.logger.log(self.step, {**metrics, **self.collapse.measure()})
             if self.cfg.checkpoint.every_steps and self.step % self.cfg.checkpoint.every_steps == 0:
                 self.save_checkpoint()
             if stop_at is not None and self.step >= stop_at:
@@ -218,6 +221,7 @@ class Trainer:
                 self.logger.scalar("eval/knn_top1", acc, self.step)
                 if self.cfg.checkpoint.monitor == "knn":
                     metric = -acc
+        self.pictures(self.model, self.epoch, self.step)
         every = self.cfg.checkpoint.every_epochs
         if self.epoch >= self.cfg.training.epochs or (every and self.epoch % every == 0):
             self.save_checkpoint(metric=metric)
@@ -244,9 +248,6 @@ class Trainer:
         The mask sampler and data order draw from generators seeded by (seed, rank, epoch, batch index),
         so ``epoch`` and ``batch_in_epoch`` are their whole RNG state.
         """
-        rng = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
             "format": FORMAT,
             "model": jdist.model_state(self.model),  # context encoder, predictor, level heads, target encoder
@@ -261,7 +262,7 @@ class Trainer:
             "schedule": {"lr": self.schedules.lr_at(self.step), "weight_decay": self.schedules.wd_at(self.step),
                          "momentum": self.schedules.momentum_at(self.step)},
             "data_stream": self.data_stream(),
-            "rng": rng,
+            "rng": rng_state(self.device),
             "config": self.cfg.to_dict(),
         }
 
@@ -276,9 +277,7 @@ class Trainer:
         loss_sum, self.epoch_n = state.get("epoch_loss", [0.0, 0])
         self.epoch_loss = torch.full((), loss_sum, device=self.device)
         self.skipped_steps.fill_(state.get("skipped_steps", 0))
-        torch.set_rng_state(state["rng"]["torch"])
-        if self.device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        restore_rng(state["rng"], self.device)
 
     def save_checkpoint(self, metric: float | None = None) -> Path:
         """Write this step's checkpoint (lower ``metric`` is better for ``best.pt``); never after a non-finite loss."""

@@ -121,7 +121,7 @@ def test_eval_cli_with_baselines_writes_json_and_uses_the_cache(checkpoint, caps
                        "--protocol", "knn", "--no-progress", "--out", str(other.with_suffix(".json"))]) == 0
     assert len(calls) == 2 and all(enc is not None for enc in calls)
     assert set(json.loads(other.with_suffix(".json").read_text())["results"]["pretrained"]) == {
-        "knn", "feature_dim", "seconds"}
+        "knn", "knn_k", "feature_dim", "seconds"}
 
 
 def test_eval_cli_errors_are_clear(checkpoint, tmp_path, capsys):

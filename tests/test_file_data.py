@@ -110,6 +110,27 @@ def test_training_skips_bad_files_and_logs_each_once(with_bad_files, tmp_path, c
     assert len(skipped) == 2 and "001.jpg: empty file" in skipped[0] + skipped[1]
 
 
+def test_rankme_batch_and_pictures_pass_over_bad_files(with_bad_files, tmp_path, caplog, one_thread):
+    from jepa.datasets import load_dataset
+    from jepa.monitor import decodable_images
+    train = load_dataset("imagefolder", "train", str(with_bad_files), channels=3, image_size=16)
+    order = torch.arange(len(train))
+    images = decodable_images(train, order, 15)
+    assert images.shape[0] == 14  # 16 files, 2 cannot be decoded
+    good = [i for i in range(len(train)) if i not in (bad_index(train, "c0/001.jpg"), bad_index(train, "c1/004.jpg"))]
+    assert torch.equal(images, train.get_batch(torch.tensor(good))[0])
+    cfg = cfg_for(with_bad_files, **{"training.epochs": 1, "logging.tensorboard": "true",
+                                     "logging.images_every_epochs": 1, "logging.rankme_batch": 12})
+    with caplog.at_level(logging.INFO, logger="jepa"):
+        trainer = Trainer(cfg, run_dir=tmp_path / "run")
+        assert trainer.collapse.images.shape[0] == 12
+        assert trainer.train()["stopped"] == "completed"
+
+
+def bad_index(dataset, name: str) -> int:
+    return next(i for i, s in enumerate(dataset.samples) if str(s[0]).endswith(name))
+
+
 @pytest.mark.parametrize("policy,message", [
     ("error", r"(001|004)\.jpg: (empty file|not an image).*on_bad_image is 'error'"),
     ("skip", r"2 image files: cannot be decoded, more than data.max_bad_images=1")])

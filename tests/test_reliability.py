@@ -17,6 +17,8 @@ from jepa.config import load_config
 from jepa.errors import DeviceError, NonFiniteError
 from jepa.eval import main as eval_main
 from jepa.export import main as export_main
+from jepa.finetune import main as finetune_main
+from jepa.visualize import main as visualize_main
 from jepa.train import Trainer
 from jepa.train import main as train_main
 from small_config import SMALL_BASE
@@ -93,6 +95,24 @@ def test_triton_kernels_without_cuda_name_the_config_key(monkeypatch):
                                           (["--test-split", "nope"], "nope")])
 def test_eval_errors_are_one_line_and_exit_2(run, extra, words, capsys):
     code = eval_main(["--checkpoint", str(checkpoint_path(run, 3)), "--no-progress", "--no-cache"] + extra)
+    assert code == 2 and words in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("main, extra, words", [
+    (finetune_main, ["--dataset", "nope"], "nope"),
+    (finetune_main, ["--finetune.lr", "-1"], "finetune.lr"),
+    (finetune_main, ["--model.depth", "3"], "model.depth"),
+    (visualize_main, ["--dataset", "nope"], "nope"),
+    (visualize_main, ["--device", "bogus"], "--device"),
+    (eval_main, ["--probe.sgd_momentum", "1.5", "--protocol", "linear-sgd"], "probe.sgd_momentum"),
+])
+def test_finetune_visualize_and_probe_errors_are_one_line_and_exit_2(run, main, extra, words, tmp_path, capsys):
+    argv = ["--checkpoint", str(checkpoint_path(run, 3))] + extra
+    if main is not visualize_main:
+        argv += ["--no-progress", "--no-cache"] if main is eval_main else ["--run-dir", str(tmp_path / "ft")]
+    else:
+        argv += ["--out", str(tmp_path / "pics")]
+    code = main(argv)
     assert code == 2 and words in one_error_line(capsys.readouterr().err)
 
 

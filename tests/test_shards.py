@@ -6,6 +6,8 @@ import random
 import tarfile
 from pathlib import Path
 
+import logging
+
 import pytest
 import torch
 
@@ -294,3 +296,11 @@ def test_trainer_resumes_a_shard_run_exactly(labelled_shards, tmp_path, one_thre
     for (name, p), q in zip(full.model.state_dict().items(), rest.model.state_dict().values()):
         assert torch.equal(p, q), f"{name} differs after resuming the shard stream"
     assert full.data_stream()["shard_readers"] == 1
+    assert full.collapse.images.shape[0] == 8 and full.collapse.start is not None  # the first 8 shard images
+
+
+def test_a_shard_run_with_tensorboard_pictures_on_trains_and_explains(labelled_shards, tmp_path, caplog, one_thread):
+    over = {"data.batch_size": 8, "logging.tensorboard": "true", "logging.images_every_epochs": 1}
+    with caplog.at_level(logging.INFO, logger="jepa"):
+        assert Trainer(cfg_for(labelled_shards, **over), run_dir=tmp_path / "r").train()["stopped"] == "completed"
+    assert "no TensorBoard pictures for a stream of shards" in caplog.text

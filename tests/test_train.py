@@ -16,7 +16,7 @@ from small_config import SMALL_BASE
 # the default device, and TensorBoard on: the Fashion-MNIST run checks its event file
 SMALL = {**SMALL_BASE, "model.embed_dim": "48", "model.pred_dim": "24", "data.batch_size": "32", "data.subset": "256",
          "optim.warmup_epochs": "0.5", "logging.log_every": "2", "training.device": "auto",
-         "logging.tensorboard": "true"}
+         "logging.tensorboard": "true", "logging.images_every_epochs": "0"}  # pictures: test_visualize.py
 
 
 def small_cfg(**over):

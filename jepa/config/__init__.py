@@ -6,6 +6,7 @@ valid, so a user never meets a traceback from deep inside the trainer.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import sys
 import typing
@@ -17,15 +18,26 @@ import yaml
 
 from jepa.config.parse import _build, _flatten, _set_dotted, _type_name, parse_overrides, parse_value, read_yaml
 from jepa.config.schema import (VICREG_DEFAULTS, _to_plain, CheckpointConfig, Config, DataConfig, DistributedConfig,
-                                EvalConfig, LoggingConfig, LossConfig, MaskConfig, MixPart, ModelConfig, OptimConfig,
-                                ProfilingConfig, TrainingConfig, field_docs, sections)
+                                EvalConfig, FinetuneConfig, LoggingConfig, LossConfig, MaskConfig, MixPart, ModelConfig,
+                                OptimConfig, ProbeConfig, ProfilingConfig, TrainingConfig, field_docs, sections)
 from jepa.config.validate import validate
 from jepa.errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "ModelConfig", "MixPart", "DataConfig", "MaskConfig", "LossConfig",
-           "OptimConfig", "TrainingConfig", "LoggingConfig", "CheckpointConfig", "EvalConfig", "ProfilingConfig",
+           "OptimConfig", "TrainingConfig", "LoggingConfig", "CheckpointConfig", "EvalConfig", "ProbeConfig", "FinetuneConfig", "ProfilingConfig",
            "DistributedConfig", "VICREG_DEFAULTS", "load_config", "config_from_dict", "parse_overrides",
            "add_config_args", "config_from_cli", "validate", "help_text"]
+
+
+def _apply_overrides(raw: dict, overrides: dict[str, Any] | None):
+    """Set dotted keys in ``raw``; string values are read as YAML where they parse."""
+    for dotted, value in (overrides or {}).items():
+        if isinstance(value, str):
+            try:
+                value = parse_value(value, dotted)
+            except ConfigError:
+                pass  # not YAML: a plain string (a path, say); fields of other types reject it by name
+        _set_dotted(raw, dotted, value)
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -47,13 +59,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             got = "an empty file" if raw is None else f"{type(raw).__name__} {raw!r}"
             raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, data:, ...), got {got}")
         raw.setdefault("name", path.stem)
-    for dotted, value in (overrides or {}).items():
-        if isinstance(value, str):
-            try:
-                value = parse_value(value, dotted)
-            except ConfigError:
-                pass  # not YAML: a plain string (a path, say); fields of other types reject it by name
-        _set_dotted(raw, dotted, value)
+    _apply_overrides(raw, overrides)
     explicit = _flatten(raw)
     cfg = _build(Config, raw)
     return validate(cfg, explicit)
@@ -97,10 +103,11 @@ def config_from_cli(parser: argparse.ArgumentParser, argv: list[str] | None = No
     return cfg, args
 
 
-def config_from_dict(raw: dict) -> Config:
-    """Rebuild a Config saved with ``to_dict`` (checkpoints, exports)."""
-    raw = dict(raw)
+def config_from_dict(raw: dict, overrides: dict[str, Any] | None = None) -> Config:
+    """Rebuild a Config saved with ``to_dict`` (checkpoints, exports), then apply dotted CLI ``overrides``."""
+    raw = copy.deepcopy(raw)
     raw.pop("__source__", None)
+    _apply_overrides(raw, overrides)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the run warned when it started; a reader need not
         return validate(_build(Config, raw))

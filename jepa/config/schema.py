@@ -230,6 +230,12 @@ class LoggingConfig:
     """Write TensorBoard scalars to <run_dir>/tb."""
     progress: bool = True
     """Show the progress line."""
+    rankme_batch: Optional[int] = None
+    """Held-out images whose target-embedding RankMe is logged as train/rankme; null: data.batch_size, 0: off."""
+    collapse_warn_fraction: float = 0.6
+    """Warn once when train/rankme falls below this fraction of its step-0 value; 0 never warns."""
+    images_every_epochs: Optional[int] = None
+    """Epochs between mask, feature-map and retrieval pictures in TensorBoard; null: at each checkpoint epoch, 0: never."""
 
 
 @dataclass
@@ -262,6 +268,66 @@ class EvalConfig:
     """Which encoder is evaluated."""
     features: Pooling = "mean"
     """mean: token-mean of the output; last4: concatenated token-means of the last 4 blocks."""
+
+
+@dataclass
+class ProbeConfig:
+    """The streamed probes of python -m jepa.eval (--protocol attentive, linear-sgd); the defaults are the protocols."""
+    batch_size: int = 256
+    """Images per probe step and per feature batch."""
+    seed: int = 0
+    """Batch order and probe initialisation."""
+    attentive_epochs: int = 10
+    """Epochs of the attentive probe."""
+    attentive_lr: float = 1.0e-3
+    """AdamW peak learning rate of the attentive probe: linear warm-up from 0, then cosine to 0."""
+    attentive_warmup_epochs: float = 1.0
+    """Warm-up epochs of the attentive probe."""
+    attentive_weight_decay: float = 0.05
+    """AdamW weight decay of the attentive probe (weights only)."""
+    attentive_queries: int = 1
+    """Learned queries of the cross-attention pooling."""
+    attentive_heads: Optional[int] = None
+    """Attention heads of the pooling; null: the encoder's model.num_heads."""
+    sgd_epochs: int = 10
+    """Epochs of the SGD linear probe."""
+    sgd_lr: float = 0.1
+    """Peak learning rate of the SGD linear probe on standardised features; cosine to 0."""
+    sgd_momentum: float = 0.9
+    """SGD momentum, in [0, 1)."""
+    sgd_weight_decay: float = 0.0
+    """Weight decay of the SGD linear probe."""
+    sgd_augment: bool = False
+    """Probe features of training-augmented images, drawn anew every epoch."""
+
+
+@dataclass
+class FinetuneConfig:
+    """python -m jepa.finetune: the whole encoder and a linear head, trained on labels."""
+    epochs: int = 10
+    """Epochs on the whole train split."""
+    lowshot_epochs: int = 100
+    """Epochs with --fraction or --shots."""
+    batch_size: int = 128
+    """Images per step (at most the subset's size)."""
+    lr: float = 1.0e-3
+    """AdamW peak learning rate of the head and final norm."""
+    final_lr: float = 1.0e-6
+    """Learning rate at the end of the cosine."""
+    warmup_fraction: float = 0.1
+    """Fraction of all steps of linear warm-up from 0, in [0, 1)."""
+    weight_decay: float = 0.05
+    """AdamW weight decay (weights only; biases and norms are not decayed)."""
+    layer_decay: float = 0.75
+    """Learning rate x this per block nearer the input (head x1, patch embedding x this^(depth+1)); 1: no decay."""
+    label_smoothing: float = 0.1
+    """Label smoothing of the cross-entropy, in [0, 1)."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip; 0 disables."""
+    augment: bool = True
+    """The pre-training crop and flip (data.*) on the fine-tuning images."""
+    seed: int = 0
+    """Low-shot subset, batch order, augmentation, head initialisation."""
 
 
 @dataclass
@@ -300,6 +366,8 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     profiling: ProfilingConfig = field(default_factory=ProfilingConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 

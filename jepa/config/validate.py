@@ -32,10 +32,14 @@ INT_RANGES = {
     "masks.nenc": (1, 64), "masks.npred": (1, 64), "masks.min_keep": (0, BIG),
     "training.epochs": (1, 1 << 20), "training.accum_steps": (1, 1 << 16), "training.seed": (0, (1 << 63) - 1),
     "training.stop_at_step": (1, BIG),
-    "logging.log_every": (1, BIG),
+    "logging.log_every": (1, BIG), "logging.rankme_batch": (0, 1 << 20), "logging.images_every_epochs": (0, 1 << 20),
     "checkpoint.every_epochs": (0, 1 << 20), "checkpoint.every_steps": (0, BIG), "checkpoint.keep_last": (1, 1 << 20),
     "eval.every_epochs": (0, 1 << 20), "eval.knn_k": (1, 1 << 20), "eval.max_train": (1, BIG),
     "eval.max_test": (1, BIG),
+    "probe.batch_size": (1, 1 << 20), "probe.seed": (0, (1 << 63) - 1), "probe.attentive_epochs": (1, 1 << 20),
+    "probe.attentive_queries": (1, 1024), "probe.attentive_heads": (1, 1024), "probe.sgd_epochs": (1, 1 << 20),
+    "finetune.epochs": (1, 1 << 20), "finetune.lowshot_epochs": (1, 1 << 20), "finetune.batch_size": (1, 1 << 20),
+    "finetune.seed": (0, (1 << 63) - 1),
     "profiling.wait": (0, 1 << 20), "profiling.warmup": (0, 1 << 20), "profiling.active": (1, 1 << 20),
 }
 # float ranges per key: (low, high, low excluded)
@@ -44,7 +48,14 @@ FLOAT_RANGES = {
     "optim.lr": (0.0, 1e3, False), "optim.start_lr": (0.0, 1e3, False), "optim.final_lr": (0.0, 1e3, False),
     "optim.warmup_epochs": (0.0, 1e6, False), "optim.weight_decay": (0.0, 1e3, False),
     "optim.final_weight_decay": (0.0, 1e3, False), "optim.eps": (0.0, 1.0, True), "optim.grad_clip": (0.0, 1e12, False),
-    "eval.knn_temperature": (0.0, 1e6, True),
+    "eval.knn_temperature": (0.0, 1e6, True), "logging.collapse_warn_fraction": (0.0, 0.999, False),
+    "probe.attentive_lr": (0.0, 1e3, False), "probe.attentive_warmup_epochs": (0.0, 1e6, False),
+    "probe.attentive_weight_decay": (0.0, 1e3, False), "probe.sgd_lr": (0.0, 1e3, False),
+    "probe.sgd_momentum": (0.0, 0.999, False), "probe.sgd_weight_decay": (0.0, 1e3, False),
+    "finetune.lr": (0.0, 1e3, False), "finetune.final_lr": (0.0, 1e3, False),
+    "finetune.warmup_fraction": (0.0, 0.999, False), "finetune.weight_decay": (0.0, 1e3, False),
+    "finetune.layer_decay": (0.0, 1.0, True), "finetune.label_smoothing": (0.0, 0.999, False),
+    "finetune.grad_clip": (0.0, 1e12, False),
     **{f"loss.{k}": (0.0, 1e6, False) for k in VICREG_DEFAULTS},
 }
 
@@ -148,6 +159,8 @@ def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
     _check(not (cfg.distributed.strategy == "fsdp" and ev.every_epochs > 0), "eval.every_epochs",
            "the k-NN monitor runs on rank 0 alone and cannot read FSDP-sharded weights; set eval.every_epochs: 0 "
            "with distributed.strategy fsdp and evaluate checkpoints with python -m jepa.eval")
+    heads = cfg.probe.attentive_heads or m.num_heads
+    _check(m.embed_dim % heads == 0, "probe.attentive_heads", f"must divide model.embed_dim={m.embed_dim}, got {heads}")
     return cfg
 
 

@@ -35,7 +35,7 @@ class ImageFolderDataset(ImageDataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        return _decode_image(path, self.channels, self.image_size), label
+        return decode_square(path, self.channels, self.image_size), label
 
     def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode and stack the given items; slower than the in-memory datasets."""
@@ -79,10 +79,11 @@ def load_imagefolder(folder: Path, split, channels, image_size, subset) -> Image
                               root=folder)
 
 
-def _decode_image(path: Path, channels: int, size: int) -> torch.Tensor:
+def decode_square(source, channels: int, size: int, name: str | None = None) -> torch.Tensor:
+    """An image file (path or bytes) as uint8 ``[C, size, size]``: shorter side resized to ``size``, centre square."""
     from PIL import Image
 
-    img = decode(path, str(path), channels)
+    img = decode(source, name or str(source), channels)
     w, h = img.size
     scale = size / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
