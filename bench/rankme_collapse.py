@@ -63,14 +63,14 @@ def markdown(result: dict) -> str:
              "| step | RankMe, default | RankMe, pure MSE | target_std, default | target_std, pure MSE | "
              "loss, default | loss, pure MSE |", "|---:|---:|---:|---:|---:|---:|---:|"]
     for s in steps:
-        row = [f"{runs[r][t].get(str(s), float('nan')):.{d}f}" for t, d in (("train/rankme", 1),
+        row = [f"{runs[r][t][str(s)]:.{d}f}" if str(s) in runs[r][t] else "–" for t, d in (("train/rankme", 1),
                ("train/target_std", 3), ("train/loss", 3)) for r in ("default", "pure_mse")]
         lines.append(f"| {s} | " + " | ".join(row) + " |")
     lines.append("")
     for r in ("default", "pure_mse"):
         alarm = runs[r]["alarm"]
-        lines.append(f"- {r}: {runs[r]['seconds'] / 60:.1f} min; collapse alarm: "
-                     + (f"`{alarm.split(ALARM)[1][:80].strip(': ')}`" if alarm else "none"))
+        lines.append(f"- {r}: {runs[r]['seconds'] / 60:.1f} min wall (a shared machine: not a speed figure); collapse alarm: "
+                     + (f"`{alarm.split(ALARM)[1][:110].strip(': ')}`" if alarm else "none"))
     lines.append(f"- {result['machine']}; `logging.collapse_warn_fraction` {result['warn_fraction']}")
     return "\n".join(lines) + "\n"
 
