@@ -19,19 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import torch  # noqa: E402
 
 from jepa import eval as jeval  # noqa: E402
 from jepa import finetune as jft  # noqa: E402
-from jepa.io import atomic_write_text  # noqa: E402
+from bench.records import machine, write_record  # noqa: E402
 
 NAME = "downstream_fashion_mnist"
 
@@ -106,13 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 
     report = json.loads(jeval.report_path(checkpoint, "fashion_mnist").read_text())
     result = {"checkpoint": str(checkpoint), "overrides": extra, "seconds": times, "report": report,
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                         f"torch {torch.__version__}, {torch.get_num_threads()} threads"}
-    out = Path(args.out_dir)
-    atomic_write_text(out / f"{NAME}.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(out / f"{NAME}.md", markdown(result))
-    print(markdown(result))
-    print(f"wrote {out / NAME}.json and .md")
+              "machine": machine()}
+    write_record(args.out_dir, NAME, result, markdown(result))
     return 0
 
 

@@ -13,9 +13,6 @@ target) to ``--out-dir``. Everything after ``--`` goes to the trainer.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -23,10 +20,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import torch  # noqa: E402
 
 from jepa.checkpoint import find_latest_valid  # noqa: E402
-from jepa.io import atomic_write_text  # noqa: E402
+from bench.records import machine, write_record  # noqa: E402
 from jepa.eval import KNN, LINEAR_PROBE, evaluate, format_table  # noqa: E402
 
 TARGET = {"linear": 0.80, "knn": 0.75}
@@ -89,14 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {"config": args.config, "overrides": overrides, "run_dir": str(run_dir), "checkpoint": str(ckpt),
               "train_seconds": train_seconds, "eval_seconds": eval_seconds, "results": report["results"],
               "target": TARGET, "eval": report,
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                         f"torch {torch.__version__}, {torch.get_num_threads()} threads"}
+              "machine": machine()}
     result["meets_target"] = all(report["results"]["pretrained"][k] >= v for k, v in TARGET.items())
-    out = Path(args.out_dir)
-    atomic_write_text(out / f"{NAME}.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(out / f"{NAME}.md", markdown(result))
-    print(markdown(result))
-    print(f"wrote {out / NAME}.json and .md")
+    write_record(args.out_dir, NAME, result, markdown(result))
     return 0
 
 

@@ -14,9 +14,6 @@ alarm fired, and writes ``rankme_collapse.json`` and ``.md`` to ``--out-dir``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -24,9 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import torch  # noqa: E402
 
-from jepa.io import atomic_write_text  # noqa: E402
+from bench.records import machine, write_record  # noqa: E402
 
 NAME = "rankme_collapse"
 RUNS = {"default": [], "pure_mse": ["--loss.type", "mse"]}
@@ -69,7 +65,7 @@ def markdown(result: dict) -> str:
     lines.append("")
     for r in ("default", "pure_mse"):
         alarm = runs[r]["alarm"]
-        lines.append(f"- {r}: {runs[r]['seconds'] / 60:.1f} min wall (a shared machine: not a speed figure); collapse alarm: "
+        lines.append(f"- {r}: {runs[r]['seconds'] / 60:.1f} min wall (not a speed figure); collapse alarm: "
                      + (f"`{alarm.split(ALARM)[1][:110].strip(': ')}`" if alarm else "none"))
     lines.append(f"- {result['machine']}; `logging.collapse_warn_fraction` {result['warn_fraction']}")
     return "\n".join(lines) + "\n"
@@ -96,13 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         runs[name] = {"run_dir": str(run_dir), "seconds": round(seconds, 1), "alarm": alarm,
                       **{tag: {str(k): v for k, v in vals.items()} for tag, vals in scalars(run_dir).items()}}
     result = {"config": args.config, "steps": args.steps, "overrides": extra, "warn_fraction": fraction,
-              "runs": runs, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                                       f"torch {torch.__version__}"}
-    out = Path(args.out_dir)
-    atomic_write_text(out / f"{NAME}.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(out / f"{NAME}.md", markdown(result))
-    print(markdown(result))
-    print(f"wrote {out / NAME}.json and .md")
+              "runs": runs, "machine": machine()}
+    write_record(args.out_dir, NAME, result, markdown(result))
     return 0
 
 

@@ -7,3 +7,13 @@ TINY_MODEL = {"model.embed_dim": "32", "model.depth": "2", "model.num_heads": "2
               "model.pred_depth": "1", "model.pred_heads": "2"}
 QUIET = {"training.device": "cpu", "logging.progress": "false", "logging.tensorboard": "false"}
 SMALL_BASE = {**TINY_MODEL, "masks.min_keep": "4", "training.epochs": "1", **QUIET}
+
+
+def stopped_run_checkpoint(tmp_path_factory, overrides: dict, steps: int = 2):
+    """The checkpoint of a run of ``overrides`` stopped after ``steps`` steps (for module-scoped fixtures)."""
+    from jepa.checkpoint import checkpoint_path
+    from jepa.config import load_config
+    from jepa.train import Trainer
+    run = tmp_path_factory.mktemp("run")
+    Trainer(load_config(None, {**overrides, "training.stop_at_step": str(steps)}), run_dir=run).train()
+    return checkpoint_path(run, steps)

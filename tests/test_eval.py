@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from jepa import eval as jeval
-from jepa.checkpoint import checkpoint_path, load_checkpoint, with_checksum
+from jepa.checkpoint import load_checkpoint, with_checksum
 from jepa.io import atomic_save
 from jepa.monitor import KnnMonitor
 from jepa.config import load_config
@@ -16,7 +16,7 @@ from jepa.datasets import load_dataset
 from jepa.train import Trainer
 from jepa.transforms import EvalTransform
 
-from small_config import SMALL_BASE
+from small_config import SMALL_BASE, stopped_run_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {**SMALL_BASE, "data.batch_size": "32", "data.subset": "128"}
@@ -27,9 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    run = tmp_path_factory.mktemp("run")
-    Trainer(load_config(None, {**SMALL, "training.stop_at_step": "2"}), run_dir=run).train()
-    return checkpoint_path(run, 2)
+    return stopped_run_checkpoint(tmp_path_factory, SMALL)
 
 
 def test_knn_votes_are_temperature_weighted_cosine():

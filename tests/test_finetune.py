@@ -12,6 +12,8 @@ from jepa.finetune import Classifier, Finetuner, finetune_config, layer_of, main
 from jepa.optim import layer_decay_groups, set_schedule
 from jepa.train import Trainer
 
+from small_config import stopped_run_checkpoint
+
 SMALL = {"model.embed_dim": "32", "model.depth": "2", "model.num_heads": "2", "model.pred_dim": "16",
          "model.pred_depth": "1", "model.pred_heads": "2", "masks.min_keep": "4", "data.batch_size": "32",
          "data.subset": "128", "training.epochs": "1", "logging.progress": "false", "logging.tensorboard": "false",
@@ -25,9 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    run = tmp_path_factory.mktemp("run")
-    Trainer(load_config(None, {**SMALL, "training.stop_at_step": "2"}), run_dir=run).train()
-    return checkpoint_path(run, 2)
+    return stopped_run_checkpoint(tmp_path_factory, SMALL)
 
 
 def tuner(checkpoint, run_dir, resume=None, init="pretrained", **over):

@@ -6,10 +6,11 @@ from PIL import Image
 
 from jepa import pictures as pic
 from jepa import visualize as viz
-from jepa.checkpoint import checkpoint_path
 from jepa.config import load_config
 from jepa.masks import MaskSampler
 from jepa.train import Trainer
+
+from small_config import stopped_run_checkpoint
 
 SMALL = {"model.embed_dim": "32", "model.depth": "2", "model.num_heads": "2", "model.pred_dim": "16",
          "model.pred_depth": "1", "model.pred_heads": "2", "masks.min_keep": "4", "data.batch_size": "32",
@@ -21,9 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    run = tmp_path_factory.mktemp("run")
-    Trainer(load_config(None, {**SMALL, "training.stop_at_step": "2"}), run_dir=run).train()
-    return checkpoint_path(run, 2)
+    return stopped_run_checkpoint(tmp_path_factory, SMALL)
 
 
 def expected_overlay(image, grid, context, blocks):

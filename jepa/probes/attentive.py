@@ -17,10 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from jepa.optim import set_schedule
-from jepa.probes.data import batches, labelled_indices, steps_per_epoch
+from jepa.probes.data import batches, labelled_indices, steps_per_epoch, train_head
 from jepa.probes.linear_sgd import accuracy, feature_moments
-from jepa.progress import Progress
 from jepa.schedules import Schedules
 
 
@@ -87,22 +85,8 @@ def attentive_probe(token_fn, dim: int, heads: int, train, test, transform, num_
     total = s.attentive_epochs * per_epoch
     sched = Schedules(total, int(round(s.attentive_warmup_epochs * per_epoch)), s.attentive_lr, 0.0, 0.0,
                       s.attentive_weight_decay, s.attentive_weight_decay)
-    bar = Progress(total, enabled=progress)
-    step = 0
-    try:
-        for epoch in range(s.attentive_epochs):
-            for x, y in batches(train, transform, bs, train_idx, device, s.seed, epoch):
-                set_schedule(opt, sched.lr_at(step), sched.wd_at(step))
-                with torch.no_grad():
-                    tokens = (token_fn(x).float() - mean) / std
-                loss = F.cross_entropy(probe(tokens), y)
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                step += 1
-                bar.update(step)
-            bar.set_postfix(epoch=epoch + 1, loss=float(loss.detach()))
-    finally:
-        bar.close()
+    train_head(probe, lambda x: (token_fn(x).float() - mean) / std,
+               lambda epoch: batches(train, transform, bs, train_idx, device, s.seed, epoch), s.attentive_epochs, opt,
+               sched, progress)
     probe.eval()
     return accuracy(lambda x: probe((token_fn(x).float() - mean) / std), batches(test, transform, bs, test_idx, device))

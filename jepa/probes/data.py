@@ -8,8 +8,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from jepa.data import mix_seed
+from jepa.optim import set_schedule
+from jepa.progress import Progress
 from jepa.transforms import BatchAugment
 
 
@@ -75,3 +78,25 @@ def training_augment(cfg, mean, std):
     d = cfg.data
     return BatchAugment(d.image_size, mean, std, crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio),
                         hflip=d.hflip, random_crop=d.random_crop)
+
+
+def train_head(head, features, epoch_batches, epochs: int, optimizer, schedules, progress: bool = False):
+    """Train ``head`` on frozen ``features(x)`` with cross-entropy: ``epoch_batches(epoch)`` yields ``(x, y)``; the
+    schedule's learning rate and weight decay are set before every step."""
+    bar = Progress(schedules.total_steps, enabled=progress)
+    step = 0
+    try:
+        for epoch in range(epochs):
+            for x, y in epoch_batches(epoch):
+                set_schedule(optimizer, schedules.lr_at(step), schedules.wd_at(step))
+                with torch.no_grad():
+                    f = features(x)
+                loss = F.cross_entropy(head(f), y)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(step)
+            bar.set_postfix(epoch=epoch + 1, loss=float(loss.detach()))
+    finally:
+        bar.close()

@@ -10,11 +10,8 @@ standardised features, batch ``batch_size`` in a seeded order; top-1 on the test
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from jepa.optim import set_schedule
-from jepa.probes.data import batches, labelled_indices, steps_per_epoch
-from jepa.progress import Progress
+from jepa.probes.data import batches, labelled_indices, steps_per_epoch, train_head
 from jepa.schedules import Schedules
 
 
@@ -62,23 +59,8 @@ def linear_sgd_probe(feature_fn, train, test, transform, num_classes: int, setti
     opt = torch.optim.SGD(groups, lr=s.sgd_lr, momentum=s.sgd_momentum)
     total = s.sgd_epochs * steps_per_epoch(len(train_idx), bs)
     sched = Schedules(total, 0, s.sgd_lr, s.sgd_lr, 0.0, s.sgd_weight_decay, s.sgd_weight_decay)
-    bar = Progress(total, enabled=progress)
-    step = 0
-    try:
-        for epoch in range(s.sgd_epochs):
-            for x, y in batches(train, transform, bs, train_idx, device, s.seed, epoch,
-                                augment if s.sgd_augment else None):
-                set_schedule(opt, sched.lr_at(step), sched.wd_at(step))
-                with torch.no_grad():
-                    f = (feature_fn(x).float() - mean) / std
-                loss = F.cross_entropy(head(f), y)
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                step += 1
-                bar.update(step)
-            bar.set_postfix(epoch=epoch + 1, loss=float(loss.detach()))
-    finally:
-        bar.close()
+    train_head(head, lambda x: (feature_fn(x).float() - mean) / std,
+               lambda epoch: batches(train, transform, bs, train_idx, device, s.seed, epoch,
+                                     augment if s.sgd_augment else None), s.sgd_epochs, opt, sched, progress)
     return accuracy(lambda x: head((feature_fn(x).float() - mean) / std),
                     batches(test, transform, bs, test_idx, device))

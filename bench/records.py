@@ -1,0 +1,26 @@
+"""Where the quality benchmarks write their record: ``<name>.json`` and ``<name>.md`` side by side."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from jepa.io import atomic_write_text
+
+
+def machine() -> str:
+    """The machine in a line: processor, cores, torch version and threads."""
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
+
+
+def write_record(out_dir: str | Path, name: str, result: dict, markdown: str) -> None:
+    """Write ``result`` as JSON and ``markdown`` beside it (atomically), and print the markdown."""
+    out = Path(out_dir)
+    atomic_write_text(out / f"{name}.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / f"{name}.md", markdown)
+    print(markdown)
+    print(f"wrote {out / name}.json and .md")
