@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from jepa import eval as jeval  # noqa: E402
 from jepa import finetune as jft  # noqa: E402
-from bench.records import machine, write_record  # noqa: E402
+from bench.records import machine, split_passthrough, write_record  # noqa: E402
 
 NAME = "downstream_fashion_mnist"
 
@@ -70,9 +70,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    own = argv[:argv.index("--")] if "--" in argv else argv
+    own, extra = split_passthrough(argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True, help="pre-training checkpoint (e.g. the README main job's)")
     ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))

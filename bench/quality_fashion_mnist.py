@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jepa.checkpoint import find_latest_valid  # noqa: E402
-from bench.records import machine, write_record  # noqa: E402
+from bench.records import machine, split_passthrough, write_record  # noqa: E402
 from jepa.eval import KNN, LINEAR_PROBE, evaluate, format_table  # noqa: E402
 
 TARGET = {"linear": 0.80, "knn": 0.75}
@@ -60,9 +60,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
-    own = argv[:argv.index("--")] if "--" in argv else argv
+    own, overrides = split_passthrough(argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/cpu_fashion_mnist.yaml")
     ap.add_argument("--run-dir", help="fresh run directory (default runs/quality_fashion_mnist-<time>)")

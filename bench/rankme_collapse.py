@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.records import machine, write_record  # noqa: E402
+from bench.records import machine, split_passthrough, write_record  # noqa: E402
 
 NAME = "rankme_collapse"
 RUNS = {"default": [], "pure_mse": ["--loss.type", "mse"]}
@@ -72,9 +72,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    own = argv[:argv.index("--")] if "--" in argv else argv
+    own, extra = split_passthrough(argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/cpu_fashion_mnist.yaml")
     ap.add_argument("--steps", type=int, default=600)

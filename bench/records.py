@@ -4,11 +4,21 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 
 import torch
 
 from jepa.io import atomic_write_text
+
+
+def split_passthrough(argv: list[str] | None) -> tuple[list[str], list[str]]:
+    """The script's own arguments and those after ``--``, which it passes on to the commands it runs."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1:]
 
 
 def machine() -> str:

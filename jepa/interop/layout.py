@@ -84,15 +84,15 @@ def spec_from_weights(weights: dict, path: Path, num_heads: int | None, what: st
     return check_spec(spec, path)
 
 
-SPEC_KEYS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
+ENCODER_KEYS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
 
 
 def check_spec(spec, path: Path) -> dict:
-    """``spec`` if it describes an encoder we can build (the keys of ``SPEC_KEYS``, sizes that fit), else an error."""
-    if not isinstance(spec, dict) or set(spec) != set(SPEC_KEYS):
+    """``spec`` if it describes an encoder we can build (the keys of ``ENCODER_KEYS``, sizes that fit), else an error."""
+    if not isinstance(spec, dict) or set(spec) != set(ENCODER_KEYS):
         found = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
-        raise CheckpointError(f"{path}: its encoder spec must have the keys {', '.join(SPEC_KEYS)}, found {found}")
-    ints = all(isinstance(spec[k], int) and spec[k] >= 1 for k in SPEC_KEYS[:-1])
+        raise CheckpointError(f"{path}: its encoder spec must have the keys {', '.join(ENCODER_KEYS)}, found {found}")
+    ints = all(isinstance(spec[k], int) and spec[k] >= 1 for k in ENCODER_KEYS[:-1])
     if not ints or not spec["mlp_ratio"] > 0 or spec["img_size"] % spec["patch_size"] \
             or spec["embed_dim"] % spec["num_heads"]:
         raise CheckpointError(f"{path}: its encoder spec {spec} does not describe a buildable encoder")
