@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,25 +28,16 @@ import torch  # noqa: E402
 import kernels  # noqa: E402
 from kernels import ema  # noqa: E402
 from bench.bench_kernel_ema import MODELS, vit_param_shapes  # noqa: E402
+from bench.records import cpu_flags, cpu_model  # noqa: E402
 from jepa.io import atomic_write_text  # noqa: E402
 from jepa.profiling import cpu_has_bf16_matmul  # noqa: E402
 
 
 def cpu_description() -> str:
     """The CPU's model name, core count and the vector/matrix features that set its speed."""
-    name, flags = platform.processor() or platform.machine(), ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = f" {line.split(':', 1)[1]} "
-                break
-    except OSError:
-        pass
-    feats = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f} " in flags]
+    feats = cpu_flags(("avx2", "avx512f", "avx512_bf16", "amx_bf16"))
     bf16 = " (bf16 matmul)" if cpu_has_bf16_matmul() else ""
-    return f"{name}, {os.cpu_count()} cores, features: {', '.join(feats) or 'none of avx2/avx512/amx'}{bf16}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, features: {', '.join(feats) or 'none of avx2/avx512/amx'}{bf16}"
 
 
 def best_us(fn, calls: int, rounds: int = 5) -> float:

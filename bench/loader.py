@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.records import cpu_flags  # noqa: E402
 from bench.throughput import device_name, results_dir  # noqa: E402
 from jepa.config import load_config  # noqa: E402
 from jepa.data import TrainBatches  # noqa: E402
@@ -223,12 +224,7 @@ def reduced_decode_fraction(spec: Path, args, draws: int = 2000) -> float:
 
 
 def cpu_features() -> str:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return "unknown"
-    wanted = ("sse4_2", "avx2", "avx512f", "avx512_bf16", "amx_tile")
-    return " ".join(f for f in wanted if f in flags.split())
+    return " ".join(cpu_flags(("sse4_2", "avx2", "avx512f", "avx512_bf16", "amx_tile"))) or "unknown"
 
 
 def table(rows: list[dict]) -> str:

@@ -25,7 +25,6 @@ import copy
 import json
 import math
 import os
-import platform
 import re
 import resource
 import statistics
@@ -42,6 +41,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import kernels  # noqa: E402
+from bench.records import cpu_model  # noqa: E402
 import jepa.data  # noqa: E402
 import jepa.device  # noqa: E402
 import jepa.models.vit  # noqa: E402
@@ -139,15 +139,7 @@ def cpu_seconds() -> float:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 # ------------------------------------------------------------------ one configuration

@@ -28,23 +28,12 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from bench.records import cpu_flags  # noqa: E402
 from bench.throughput import CPU_CONFIG, device_name, results_dir  # noqa: E402
 from jepa.io import atomic_write_text  # noqa: E402
 from jepa.profiling import cpu_has_bf16_matmul  # noqa: E402
 
 DEFAULT_OFFICIAL = ROOT.parent / "shared" / "official" / "ijepa_cpu_baseline.py"
-MATRIX_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def cpu_flags() -> list[str]:
-    """The matrix-relevant instruction-set flags of this CPU."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return [f for f in MATRIX_FLAGS if f in flags]
-
 
 def matrix_tag(flags: list[str]) -> str:
     """The CPU's best matrix instruction set (``amx``, ``avx512bf16``, ``avx512``, ``avx2``): machines sold under
