@@ -102,19 +102,22 @@ _CODE_OPS = {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOB
 
 
 def _pickled_object(path: Path, error: Exception) -> str | None:
-    """What shows that ``path`` holds pickled Python objects (a class or function to import), or None."""
+    """What shows that ``path`` holds pickled Python objects (a class or function to import), or None.
+
+    A raw stream counts only if it parses whole, up to its STOP: garbage bytes often begin like opcodes."""
     found = _GLOBAL.search(str(error))
     if found:
         return f"GLOBAL {found.group(1)}"
+    code = None
     try:
         with open(path, "rb") as f:
             data = f.read(1 << 26)
         for op, arg, _ in pickletools.genops(data):
-            if op.name in _CODE_OPS:
-                return f"pickle opcode {op.name}{f' {arg}' if arg else ''}"
-    except Exception:  # not a plain pickle stream: nothing to show
+            if code is None and op.name in _CODE_OPS:
+                code = f"pickle opcode {op.name}{f' {arg}' if arg else ''}"
+    except Exception:  # not a whole pickle stream: nothing to show
         return None
-    return None
+    return code
 
 
 def _unpickler_reason(e: Exception) -> str:

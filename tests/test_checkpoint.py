@@ -1,6 +1,7 @@
 """Checkpoint files: atomic writes that survive a crash, clear errors for broken files, retention of last N + best."""
 import os
 import pickle
+import random
 
 import pytest
 import torch
@@ -81,6 +82,8 @@ BROKEN = {
     "truncated": (_write_truncated, "corrupt or truncated"),
     "empty": (lambda p: p.write_bytes(b""), "corrupt or truncated"),
     "random bytes": (lambda p: p.write_bytes(os.urandom(300)), "corrupt or truncated"),
+    "pickled object, raw stream": (lambda p: p.write_bytes(pickle.dumps(NotATensor())),
+                                   "holds pickled Python objects: refused"),
     "pickled object": (lambda p: torch.save({"format": FORMAT, "x": NotATensor()}, p),
                        "holds pickled Python objects: refused"),
     "foreign state dict": (lambda p: torch.save(torch.nn.Linear(2, 2).state_dict(), p), "not a jepa checkpoint"),
@@ -155,3 +158,11 @@ def test_checkpoint_loads_with_weights_only_and_holds_the_run_state(tmp_path):
     assert state["config"]["model"]["embed_dim"] == 32 and state["data_stream"]["seed"] == cfg.training.seed
     assert state["schedule"]["lr"] == trainer.schedules.lr_at(2)
     assert "scaler" in state and state["skipped_steps"] == 0
+
+
+def test_garbage_is_called_corrupt_even_where_it_begins_like_pickle_opcodes(tmp_path):
+    path = tmp_path / "ckpt_step00000003.pt"
+    for seed in range(300):  # about 2 % of these once read as "pickled objects" (a stray OBJ/REDUCE byte)
+        path.write_bytes(random.Random(seed).randbytes(300))
+        with pytest.raises(CheckpointError, match="corrupt or truncated"):
+            load_checkpoint(path)
