@@ -28,9 +28,8 @@ import torch  # noqa: E402
 import kernels  # noqa: E402
 from kernels import ema  # noqa: E402
 from bench.bench_kernel_ema import MODELS, vit_param_shapes  # noqa: E402
-from bench.records import cpu_flags, cpu_model  # noqa: E402
 from jepa.io import atomic_write_text  # noqa: E402
-from jepa.profiling import cpu_has_bf16_matmul  # noqa: E402
+from jepa.profiling import cpu_flags, cpu_has_bf16_matmul, cpu_model  # noqa: E402
 
 
 def cpu_description() -> str:

@@ -43,12 +43,12 @@ from torch.utils.data import DataLoader, Dataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.records import cpu_flags  # noqa: E402
 from bench.throughput import device_name, results_dir  # noqa: E402
 from jepa.config import load_config  # noqa: E402
 from jepa.data import TrainBatches  # noqa: E402
 from jepa.datasets.folder import load_imagefolder  # noqa: E402
 from jepa.io import atomic_write_text  # noqa: E402
+from jepa.profiling import cpu_flags  # noqa: E402
 from jepa.shards import write_shards  # noqa: E402
 
 SCALE, RATIO = (0.3, 1.0), (3 / 4, 4 / 3)

@@ -41,10 +41,10 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import kernels  # noqa: E402
-from bench.records import cpu_model  # noqa: E402
 import jepa.data  # noqa: E402
 import jepa.device  # noqa: E402
 import jepa.models.vit  # noqa: E402
+from jepa.profiling import cpu_model  # noqa: E402
 import jepa.train  # noqa: E402
 from bench import reference_step  # noqa: E402
 from jepa.io import atomic_write_text  # noqa: E402

@@ -28,10 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.records import cpu_flags  # noqa: E402
 from bench.throughput import CPU_CONFIG, device_name, results_dir  # noqa: E402
 from jepa.io import atomic_write_text  # noqa: E402
-from jepa.profiling import cpu_has_bf16_matmul  # noqa: E402
+from jepa.profiling import cpu_flags, cpu_has_bf16_matmul  # noqa: E402
 
 DEFAULT_OFFICIAL = ROOT.parent / "shared" / "official" / "ijepa_cpu_baseline.py"
 

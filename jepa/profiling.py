@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import platform
 import sys
 import time
 from collections import defaultdict
@@ -141,15 +142,36 @@ def top_level_aten_ops(events) -> int:
     return count
 
 
-def cpu_has_bf16_matmul(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU has bf16 matrix instructions (AVX-512 BF16 or AMX), where bf16 training is the fast path."""
+MATRIX_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def _cpuinfo_field(key: str, cpuinfo: str | None) -> str | None:
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
-            return False
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+            return None
+    for line in cpuinfo.splitlines():
+        if line.split(":", 1)[0].strip() == key:
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    return _cpuinfo_field("model name", cpuinfo) or platform.processor() or platform.machine()
+
+
+def cpu_flags(wanted: tuple[str, ...] = MATRIX_FLAGS, cpuinfo: str | None = None) -> list[str]:
+    """Which of ``wanted`` (vector/matrix instruction sets: one model name covers CPUs that differ in them) this
+    CPU has, in ``wanted``'s order."""
+    have = set((_cpuinfo_field("flags", cpuinfo) or "").split())
+    return [f for f in wanted if f in have]
+
+
+def cpu_has_bf16_matmul(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX-512 BF16 or AMX), where bf16 training is the fast path."""
+    return bool(cpu_flags(("avx512_bf16", "amx_bf16"), cpuinfo))
 
 
 def tune_cpu_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30) -> bool:

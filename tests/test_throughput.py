@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import reference_step, throughput  # noqa: E402
 from jepa.config import load_config  # noqa: E402
-from jepa.profiling import cpu_has_bf16_matmul  # noqa: E402
+from jepa.profiling import cpu_flags, cpu_has_bf16_matmul, cpu_model  # noqa: E402
 from jepa.train import Trainer  # noqa: E402
 from small_config import SMALL_BASE  # noqa: E402
 
@@ -150,3 +150,20 @@ def test_precisions_are_checked_before_anything_runs(argv, message, capsys):
 def test_bad_override_is_a_clear_error(capsys):
     assert throughput.main(["--config", "configs/bench_fmnist_tiny.yaml", "--model.depht", "3"]) == 2
     assert "unknown config key 'model.depht'; did you mean 'depth'?" in capsys.readouterr().err
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8488C
+flags\t\t: fpu sse4_2 avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile amx_int8
+processor\t: 1
+model name\t: Intel(R) Xeon(R) Platinum 8488C
+"""
+
+
+def test_cpu_model_and_flags_are_read_from_cpuinfo_in_the_asked_order():
+    assert cpu_model(CPUINFO) == "Intel(R) Xeon(R) Platinum 8488C"
+    assert cpu_flags(cpuinfo=CPUINFO) == ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
+    assert cpu_flags(("amx_tile", "sse4_2", "avx512_vnni"), cpuinfo=CPUINFO) == ["amx_tile", "sse4_2"]
+    assert cpu_flags(cpuinfo="model name : x\nflags : avx avx512fx\n") == []  # whole flags only
+    assert cpu_model("flags : avx2\n") != ""  # no model line: falls back to platform

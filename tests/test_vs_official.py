@@ -63,21 +63,3 @@ def test_a_failing_official_run_is_a_failed_row_not_a_crash(tmp_path, monkeypatc
                                         (["avx512f", "avx512_bf16", "amx_bf16"], "amx"), ([], "generic")])
 def test_result_files_are_named_by_the_best_matrix_instructions(flags, tag):
     assert vs_official.matrix_tag(flags) == tag
-
-
-CPUINFO = """processor\t: 0
-vendor_id\t: GenuineIntel
-model name\t: Intel(R) Xeon(R) Platinum 8488C
-flags\t\t: fpu sse4_2 avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile amx_int8
-processor\t: 1
-model name\t: Intel(R) Xeon(R) Platinum 8488C
-"""
-
-
-def test_records_name_the_cpu_model_and_its_matrix_flags_in_the_asked_order():
-    from bench.records import cpu_flags, cpu_model
-    assert cpu_model(CPUINFO) == "Intel(R) Xeon(R) Platinum 8488C"
-    assert cpu_flags(cpuinfo=CPUINFO) == ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
-    assert cpu_flags(("amx_tile", "sse4_2", "avx512_vnni"), cpuinfo=CPUINFO) == ["amx_tile", "sse4_2"]
-    assert cpu_flags(cpuinfo="model name : x\nflags : avx avx512fx\n") == []  # whole flags only
-    assert cpu_model("flags : avx2\n") != ""  # no model line: falls back to platform
