@@ -2,11 +2,15 @@ from setuptools import find_packages, setup
 
 # Triton is pinned to the version torch 2.13's GPU wheels pin; it is only installed on Linux x86-64
 # (macOS/MPS users run the PyTorch fallbacks).
+# The distribution is "jepa-trainer" ("jepa" on the package index belongs to another project); the import
+# packages are jepa and jepa_kernels ("kernels" is Hugging Face's, which transformers needs).
+CLIS = ("train", "eval", "export", "finetune", "visualize", "shards")
+
 setup(
-    name="jepa",
+    name="jepa-trainer",
     version="0.1.0",
     description="Kernel-optimised I-JEPA / H-JEPA self-supervised pre-training of ViT encoders",
-    packages=find_packages(include=["jepa", "jepa.*", "kernels", "kernels.*"]),
+    packages=find_packages(include=["jepa", "jepa.*", "jepa_kernels", "jepa_kernels.*"]),
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
@@ -23,5 +27,5 @@ setup(
         "hf": ["transformers>=4.47"],
         "cuda": ["xformers"],
     },
-    entry_points={"console_scripts": ["jepa-train=jepa.train:main", "jepa-eval=jepa.eval:main"]},
+    entry_points={"console_scripts": [f"jepa-{name}=jepa.{name}:main" for name in CLIS]},
 )

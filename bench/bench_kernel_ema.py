@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import kernels
+import jepa_kernels
 from bench.reference_step import ema_update as reference_ema
 
 MODELS = {"vit_s": (12, 384), "vit_b": (12, 768), "vit_l": (24, 1024)}
@@ -44,6 +44,6 @@ def bench_ema(run_bench, env, model, impl):
     elif impl == "flat_buffer":
         fn = lambda: flat_buffer_ema(target, online, MOMENTUM)  # noqa: E731
     else:
-        fn = lambda: kernels.ema_update_(target, online, MOMENTUM)  # noqa: E731
+        fn = lambda: jepa_kernels.ema_update_(target, online, MOMENTUM)  # noqa: E731
     run_bench(fn, nbytes=3 * numel * 4, group=f"ema {model}", impl=impl,
               model=model, params=numel, tensors=len(target))

@@ -1,7 +1,7 @@
 """masked_gather vs the reference ``apply_masks`` (per-mask expanded-index gather + cat)."""
 import torch
 
-import kernels
+import jepa_kernels
 
 
 def reference_apply_masks(x, masks):
@@ -19,7 +19,7 @@ def _setup(env, requires_grad):
 
 def bench_gather_forward(run_bench, env, impl):
     s, x, idx = _setup(env, False)
-    fn = (lambda: reference_apply_masks(x, idx)) if impl == "reference" else (lambda: kernels.masked_gather(x, idx))
+    fn = (lambda: reference_apply_masks(x, idx)) if impl == "reference" else (lambda: jepa_kernels.masked_gather(x, idx))
     rows = s["M"] * s["B"] * s["K"]
     nbytes = 2 * rows * s["D"] * x.element_size() + idx.numel() * 8
     run_bench(fn, nbytes=nbytes, group="gather fwd", impl=impl, **s)
@@ -29,7 +29,7 @@ def bench_gather_forward_backward(run_bench, env, impl):
     s, x, idx = _setup(env, True)
     rows = s["M"] * s["B"] * s["K"]
     grad = torch.randn(s["M"] * s["B"], s["K"], s["D"], device=env.device, dtype=x.dtype)
-    op = reference_apply_masks if impl == "reference" else kernels.masked_gather
+    op = reference_apply_masks if impl == "reference" else jepa_kernels.masked_gather
 
     def fn():
         x.grad = None

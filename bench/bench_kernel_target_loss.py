@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
-from kernels.target_loss import masked_target_loss_op
+import jepa_kernels
+from jepa_kernels.target_loss import masked_target_loss_op
 
 
 def reference_loss(pred, target, masks, kind):
@@ -33,7 +33,7 @@ def bench_target_loss_forward_backward(run_bench, env, impl, kind):
         if impl == "reference":
             loss = reference_loss(pred, target, idx, kind)
         else:
-            loss = kernels.masked_target_loss(pred, target, idx, kind=kind)
+            loss = jepa_kernels.masked_target_loss(pred, target, idx, kind=kind)
         loss.backward()
 
     # the minimum: read pred and the gathered fp32 target rows, write d(loss)/d(pred) (the backward scales it in

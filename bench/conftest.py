@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import kernels
+import jepa_kernels
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -33,7 +33,7 @@ DTYPE = torch.bfloat16 if CUDA else torch.float32
 if os.environ.get("JEPA_BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["JEPA_BENCH_THREADS"]))
 # reference = the reference I-JEPA code's unfused way; torch = our fallback; triton = fused kernel
-IMPLS = ["reference", "torch"] + (["triton"] if CUDA and kernels.HAS_TRITON else [])
+IMPLS = ["reference", "torch"] + (["triton"] if CUDA and jepa_kernels.HAS_TRITON else [])
 
 
 def ijepa_sizes():
@@ -107,7 +107,7 @@ def run_bench(benchmark):
 
     def run(fn, *, nbytes, group, impl, **info):
         if impl in ("torch", "triton"):
-            kernels.set_backend(impl)
+            jepa_kernels.set_backend(impl)
         benchmark.group = group
         benchmark.extra_info.update(
             impl=impl, bytes=int(nbytes), device=str(DEVICE), scale=SCALE, **info
@@ -130,4 +130,4 @@ def run_bench(benchmark):
         benchmark.extra_info["GB/s"] = round(nbytes / seconds / 1e9, 2)
 
     yield run
-    kernels.set_backend("auto")
+    jepa_kernels.set_backend("auto")

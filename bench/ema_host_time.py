@@ -1,4 +1,4 @@
-"""Host time of one ``kernels.ema_update_`` call on a ViT parameter list: everything but the kernel itself.
+"""Host time of one ``jepa_kernels.ema_update_`` call on a ViT parameter list: everything but the kernel itself.
 
     python bench/ema_host_time.py [--model vit_b] [--calls 2000] [--out FILE]
 
@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-import kernels  # noqa: E402
-from kernels import ema  # noqa: E402
+import jepa_kernels  # noqa: E402
+from jepa_kernels import ema  # noqa: E402
 from bench.bench_kernel_ema import MODELS, vit_param_shapes  # noqa: E402
 from jepa.io import atomic_write_text  # noqa: E402
 from jepa.profiling import cpu_flags, cpu_has_bf16_matmul, cpu_model  # noqa: E402
@@ -62,13 +62,13 @@ def main(argv=None) -> int:
     targets = [torch.nn.Parameter(torch.zeros(s), requires_grad=False) for s in shapes]
     onlines = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
     momentum = torch.tensor(0.996, dtype=torch.float64)
-    kernels.set_backend("triton")
+    jepa_kernels.set_backend("triton")
     ema._launch = lambda plan, m: None  # host time only: the interpreter would run the kernel in Python
     ema.ema_update_now(targets, onlines, momentum)  # builds the plan (the first call's cost is not timed)
 
     ptr = torch.Tensor.data_ptr
     results = {
-        "ema_update_ (plan cached)": best_us(lambda: kernels.ema_update_(targets, onlines, momentum), args.calls),
+        "ema_update_ (plan cached)": best_us(lambda: jepa_kernels.ema_update_(targets, onlines, momentum), args.calls),
         "floor: read both data pointers": best_us(
             lambda: (tuple(map(ptr, targets)), tuple(map(ptr, onlines))), args.calls),
         "custom-op entry (detach + dispatch; the compiled path)": best_us(lambda: ema.ema_update_op(

@@ -9,7 +9,7 @@
 # seconds (510 on a GPU, 290 with --smoke); a step that fails or times out does not stop the ones after it.
 # Writes exactly these files (6, flat) into the results folder:
 #   env.txt      GPU, driver, torch, Triton, CUDA, C compiler, packages
-#   tests.txt    tests/kernels with compiled Triton (JEPA_REAL_TRITON=1)
+#   tests.txt    tests/kernel_tests with compiled Triton (JEPA_REAL_TRITON=1)
 #   kernels.json every kernel vs float64 in fp32/bf16 with poisoned outputs; GB/s vs the measured copy bandwidth
 #                at B·N·D = 2048·256·1280 (L2 flushed), Triton vs the PyTorch path; EMA host time; K recompiles
 #   steps.jsonl  ViT-B/16 224 px bf16 training step: compile off, compile on, bf16 residual stream
@@ -77,16 +77,16 @@ run_step() {
 
 kernel_tests() {
     if ! "$PY" -c "import pytest" 2>/dev/null; then
-        echo "pytest is not installed here: tests/kernels did not run (kernels.json holds the float64 checks)" \
+        echo "pytest is not installed here: tests/kernel_tests did not run (kernels.json holds the float64 checks)" \
             | tee "$RESULTS/tests.txt"
         return 0
     fi
-    local args=(tests/kernels -q -p no:cacheprovider -rfE)
+    local args=(tests/kernel_tests -q -p no:cacheprovider -rfE)
     if [ "$SMOKE" = 1 ]; then  # a subset through the interpreter: the suite itself runs all of them
-        args=(tests/kernels/test_gather.py tests/kernels/test_target_loss.py tests/kernels/test_ema.py -q
+        args=(tests/kernel_tests/test_gather.py tests/kernel_tests/test_target_loss.py tests/kernel_tests/test_ema.py -q
               -p no:cacheprovider -k "two_dim_idx or empty_list")
     else  # test_triton_compile lowers the kernels for sm_90 on a CPU machine: here they compile for real anyway
-        args+=(--ignore=tests/kernels/test_triton_compile.py)
+        args+=(--ignore=tests/kernel_tests/test_triton_compile.py)
     fi
     "$PY" -m pytest "${args[@]}" 2>&1 | tee "$RESULTS/tests.txt"
     return "${PIPESTATUS[0]}"

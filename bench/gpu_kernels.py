@@ -25,11 +25,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-import kernels  # noqa: E402
-from kernels import dispatch  # noqa: E402
-from kernels.ema import ema_update_now  # noqa: E402
-from kernels.gather import masked_gather_backward_op  # noqa: E402
-from kernels.target_loss import masked_target_loss_op  # noqa: E402
+import jepa_kernels  # noqa: E402
+from jepa_kernels import dispatch  # noqa: E402
+from jepa_kernels.ema import ema_update_now  # noqa: E402
+from jepa_kernels.gather import masked_gather_backward_op  # noqa: E402
+from jepa_kernels.target_loss import masked_target_loss_op  # noqa: E402
 from jepa.io import atomic_write_text  # noqa: E402
 
 VIT = {"vit_b": (12, 768), "vit_h": (32, 1280)}
@@ -112,13 +112,13 @@ def correctness(device, dtypes, sizes) -> list[dict]:
         rows.append({"check": name, "dtype": str(dtype).replace("torch.", ""), "rel_err": err, "tol": limit,
                      "ok": bool(err <= limit)})
 
-    kernels.set_backend("triton")
+    jepa_kernels.set_backend("triton")
     try:
         for dtype in dtypes:
             with Poisoned():
                 x = torch.randn(b, n, d, device=device, dtype=dtype, requires_grad=True)
                 idx = distinct(1, b, k, n, device)
-                out = kernels.masked_gather(x, idx)
+                out = jepa_kernels.masked_gather(x, idx)
                 record("gather fwd, one mask", dtype, rel_err(out, ref_gather(x, idx)), 0.0)
                 grad = torch.randn_like(out)
                 out.backward(grad)
@@ -127,7 +127,7 @@ def correctness(device, dtypes, sizes) -> list[dict]:
                 idx4 = torch.randint(0, n, (4, b, k), device=device)
                 for det in (False, True):
                     x.grad = None
-                    out = kernels.masked_gather(x, idx4)
+                    out = jepa_kernels.masked_gather(x, idx4)
                     grad = torch.randn_like(out)
                     if det:
                         with Deterministic():
@@ -142,7 +142,7 @@ def correctness(device, dtypes, sizes) -> list[dict]:
                 tidx = torch.randint(0, n, (4, b, k), device=device)
                 for kind, beta in (("mse", 1.0), ("smooth_l1", 0.5)):
                     pred.grad = None
-                    loss = kernels.masked_target_loss(pred, target, tidx, kind=kind, beta=beta)
+                    loss = jepa_kernels.masked_target_loss(pred, target, tidx, kind=kind, beta=beta)
                     rl, rg = ref_loss(pred, target, tidx, kind, beta)
                     record(f"target loss {kind}, fp32 target: loss", dtype, abs(loss.item() - rl.item()) / rl.item(), 1e-4)
                     (loss * 3.0).backward()
@@ -158,7 +158,7 @@ def correctness(device, dtypes, sizes) -> list[dict]:
             err = max(rel_err(t, 0.9 * t0 + 0.1 * o.double().cpu()) for t, t0, o in zip(ts, before, os_))
             record("EMA, mixed dtypes, one unaligned view, tensor momentum", dtype, err, tol[dtype])
     finally:
-        kernels.set_backend("auto")
+        jepa_kernels.set_backend("auto")
     return rows
 
 
@@ -196,11 +196,11 @@ class Timer:
 
 def with_backend(name, fn):
     def run():
-        kernels.set_backend(name)
+        jepa_kernels.set_backend(name)
         try:
             return fn()
         finally:
-            kernels.set_backend("auto")
+            jepa_kernels.set_backend("auto")
     return run
 
 
@@ -220,14 +220,14 @@ def bandwidth(device, sizes, reps) -> dict:
         rows.append({"op": op, "impl": impl, "us": seconds * 1e6, "GB/s": nbytes / seconds / 1e9,
                      "of_copy": nbytes / seconds / 1e9 / copy_gbs, "bytes": nbytes, **info})
 
-    impls = ["triton", "torch"] if kernels.HAS_TRITON else ["torch"]
+    impls = ["triton", "torch"] if jepa_kernels.HAS_TRITON else ["torch"]
     for dtype in (torch.float32, torch.bfloat16):
         x = torch.randn(b, n, d, device=device, dtype=dtype)
         idx = distinct(1, b, kc, n, device)
         es = x.element_size()
         tag = "fp32 tokens (the model's)" if dtype == torch.float32 else "bf16 tokens"
         for impl in impls:
-            fwd = timer(with_backend(impl, lambda: kernels.masked_gather(x, idx)))
+            fwd = timer(with_backend(impl, lambda: jepa_kernels.masked_gather(x, idx)))
             add(f"gather fwd, context, {tag}", impl, fwd, 2 * b * kc * d * es + idx.numel() * 8, dtype=str(dtype))
         grad = torch.randn(b, kc, d, device=device, dtype=dtype)
         for impl in impls:
@@ -259,7 +259,7 @@ def bandwidth(device, sizes, reps) -> dict:
 
     def fwd_bwd():
         pred_g.grad = None
-        kernels.masked_target_loss(pred_g, target, tidx).backward()
+        jepa_kernels.masked_target_loss(pred_g, target, tidx).backward()
 
     for impl in impls:
         add("target loss fwd+bwd (grad_output 1)", impl, timer(with_backend(impl, fwd_bwd)), nbytes)
@@ -291,12 +291,12 @@ def ema_host_us(device, calls: int) -> float:
     ts = [torch.randn(s, device=device) for s in shapes]
     os_ = [torch.randn(s, device=device) for s in shapes]
     mom = torch.tensor(0.996, dtype=torch.float64, device=device)
-    kernels.ema_update_(ts, os_, mom)
+    jepa_kernels.ema_update_(ts, os_, mom)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(calls):
-        kernels.ema_update_(ts, os_, mom)
+        jepa_kernels.ema_update_(ts, os_, mom)
     host = (time.perf_counter() - t0) / calls
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -310,12 +310,12 @@ def pageable_copies(device) -> int | None:
     ts = [torch.randn(1000, device=device) for _ in range(4)]
     os_ = [torch.randn(1000, device=device) for _ in range(4)]
     mom = torch.tensor(0.99, dtype=torch.float64, device=device)
-    kernels.ema_update_(ts, os_, 0.99)
+    jepa_kernels.ema_update_(ts, os_, 0.99)
     try:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                                 torch.profiler.ProfilerActivity.CUDA]) as prof:
             for m in (0.99, mom, 0.995, mom):
-                kernels.ema_update_(ts, os_, m)
+                jepa_kernels.ema_update_(ts, os_, m)
             torch.cuda.synchronize()
     except Exception as e:  # noqa: BLE001 - no CUPTI: report it, keep the other results
         print(f"pageable-copy check skipped: {e}", flush=True)
@@ -325,9 +325,9 @@ def pageable_copies(device) -> int | None:
 
 def token_count_variants(device) -> int | None:
     """Kernels compiled for the gather when only the token count changes (K = 16, 17, 31, 1): 1 at most."""
-    if device.type != "cuda" or not kernels.HAS_TRITON:
+    if device.type != "cuda" or not jepa_kernels.HAS_TRITON:
         return None
-    from kernels import gather
+    from jepa_kernels import gather
     fn = gather._gather_fwd_kernel
 
     def count():
@@ -335,16 +335,16 @@ def token_count_variants(device) -> int | None:
         return sum(len(v[0]) if isinstance(v, tuple) else len(v) for v in caches.values())
 
     x = torch.randn(2, 40, 768, device=device)
-    kernels.set_backend("triton")
+    jepa_kernels.set_backend("triton")
     try:
         before = count()
         for k in (16, 17, 31, 1):
-            kernels.masked_gather(x, distinct(1, 2, k, 40, device))
+            jepa_kernels.masked_gather(x, distinct(1, 2, k, 40, device))
         return count() - before
     except Exception:
         return None
     finally:
-        kernels.set_backend("auto")
+        jepa_kernels.set_backend("auto")
 
 
 # ------------------------------------------------------------------ main

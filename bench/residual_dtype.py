@@ -82,8 +82,8 @@ def kernel_dtypes() -> dict:
     cfg = load_config(ROOT / "configs" / "quick_validation.yaml", {"training.device": "cpu"})
     model = build_model(cfg)
     seen = {}
-    import kernels
-    real_gather, real_loss = kernels.masked_gather, kernels.masked_target_loss
+    import jepa_kernels
+    real_gather, real_loss = jepa_kernels.masked_gather, jepa_kernels.masked_target_loss
 
     def gather(x, idx):
         seen.setdefault("masked_gather input (context tokens)", str(x.dtype))
@@ -95,8 +95,8 @@ def kernel_dtypes() -> dict:
 
     import jepa.losses
     import jepa.models.vit
-    jepa.models.vit.kernels.masked_gather = gather
-    jepa.losses.kernels.masked_target_loss = loss
+    jepa.models.vit.jepa_kernels.masked_gather = gather
+    jepa.losses.jepa_kernels.masked_target_loss = loss
     try:
         images = torch.randn(4, 1, 28, 28)
         ctx = torch.rand(4, 49).argsort(-1)[:, :20].sort(-1).values.unsqueeze(0)
@@ -107,8 +107,8 @@ def kernel_dtypes() -> dict:
             _, preds = model(images, ctx, tgt, None)
             jepa.losses.prediction_loss(preds[0], h, tgt)
     finally:
-        jepa.models.vit.kernels.masked_gather = real_gather
-        jepa.losses.kernels.masked_target_loss = real_loss
+        jepa.models.vit.jepa_kernels.masked_gather = real_gather
+        jepa.losses.jepa_kernels.masked_target_loss = real_loss
     seen["EMA parameters"] = str(next(model.parameters()).dtype)
     return seen
 

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-import kernels  # noqa: E402
+import jepa_kernels  # noqa: E402
 import jepa.data  # noqa: E402
 import jepa.device  # noqa: E402
 import jepa.models.vit  # noqa: E402
@@ -232,7 +232,7 @@ def measure(trainer, cfg, args) -> dict:
         "config": cfg.name,
         "device": device_name(device),
         "torch": torch.__version__,
-        "settings": {"kernels": kernels.backend(), "attention": attention_backend(trainer),
+        "settings": {"kernels": jepa_kernels.backend(), "attention": attention_backend(trainer),
                      "compile": cfg.training.compile, "precision": str(trainer.amp_dtype).replace("torch.", ""),
                      "predictor_shared_context": cfg.model.predictor_shared_context, "reference": args.reference},
         "batch_size": batch,
@@ -279,7 +279,7 @@ def label_of(cfg, reference: bool) -> str:
 def combinations(device: torch.device, compile_modes: list[str],
                  precisions: list[str] | None = None) -> list[tuple[str, dict, bool]]:
     """(label, overrides, reference) for every switch setting that can run on ``device``, per precision."""
-    kernel_choices = ["torch"] + (["triton"] if device.type == "cuda" and kernels.HAS_TRITON else [])
+    kernel_choices = ["torch"] + (["triton"] if device.type == "cuda" and jepa_kernels.HAS_TRITON else [])
     attention_choices = ["sdpa", "math"]
     if device.type == "cuda":
         from jepa.models.attention import xformers_available

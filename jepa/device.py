@@ -6,8 +6,8 @@ from typing import Literal
 
 import torch
 
-import kernels
-from kernels.dispatch import interpreting
+import jepa_kernels
+from jepa_kernels.dispatch import interpreting
 from jepa import distributed as jdist
 from jepa.errors import ConfigError, DeviceError
 from jepa.profiling import tune_cpu_allocator
@@ -46,7 +46,7 @@ def check_kernels(name: str, device: torch.device):
     """``training.kernels: triton`` needs Triton and CUDA tensors (or Triton's CPU interpreter)."""
     if name != "triton":
         return
-    if not kernels.HAS_TRITON:
+    if not jepa_kernels.HAS_TRITON:
         raise DeviceError("training.kernels=triton: triton is not importable on this machine (it ships for Linux "
                           "x86-64 with CUDA); use training.kernels: auto or torch")
     if device.type != "cuda" and not interpreting():
@@ -69,7 +69,7 @@ def setup_process(cfg) -> tuple[torch.device, jdist.DistInfo]:
     if device.type == "cuda" and dist.enabled:  # init_distributed has set it current
         device = torch.device("cuda", dist.local_rank)
     check_kernels(t.kernels, device)
-    kernels.set_backend(t.kernels)
+    jepa_kernels.set_backend(t.kernels)
     if t.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(t.seed)

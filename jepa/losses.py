@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-import kernels
+import jepa_kernels
 
 LossType = Literal["mse", "smooth_l1", "combined"]
 PredictionLoss = Literal["mse", "smooth_l1"]
@@ -67,13 +67,13 @@ def expand_targets(tgt_idx: torch.Tensor, n_context_masks: int) -> torch.Tensor:
 
 def prediction_loss(pred, target, tgt_idx, kind: str = "mse", beta: float = 1.0, normalize_targets: bool = True):
     """Mean loss between predictions ``[R, K, D]`` and ``normalize_targets(target)`` at ``tgt_idx``, fused."""
-    return kernels.masked_target_loss(pred, target, tgt_idx, kind=kind, beta=beta, normalize=normalize_targets,
+    return jepa_kernels.masked_target_loss(pred, target, tgt_idx, kind=kind, beta=beta, normalize=normalize_targets,
                                       eps=LN_EPS)
 
 
 def gather_targets(target, tgt_idx, normalize: bool = True):
     """Target features ``[R, K, D]`` at ``tgt_idx``, layer-normed without affine (rows only, never all of ``target``)."""
-    tgt = kernels.masked_gather(target, tgt_idx).float()
+    tgt = jepa_kernels.masked_gather(target, tgt_idx).float()
     return normalize_targets(tgt) if normalize else tgt
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-import kernels
+import jepa_kernels
 from jepa import distributed as jdist
 from jepa.profiling import cpu_has_bf16_matmul
 from jepa.progress import Progress
@@ -98,7 +98,7 @@ def log_run_start(trainer):
     cfg, dist = trainer.cfg, trainer.dist
     n_params = sum(p.numel() for p in trainer.model.online_parameters())
     log.info("device %s, precision %s, kernels %s, world size %d%s", trainer.device,
-             str(trainer.amp_dtype).replace("torch.", ""), kernels.backend(), dist.world_size,
+             str(trainer.amp_dtype).replace("torch.", ""), jepa_kernels.backend(), dist.world_size,
              f" ({cfg.distributed.strategy}, {torch.distributed.get_backend()})" if dist.enabled else "")
     log.info("global batch %d (per-process batch %d x %d processes x %d accumulation steps); lr as configured",
              trainer.global_batch, cfg.data.batch_size, dist.world_size, cfg.training.accum_steps)

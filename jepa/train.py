@@ -17,7 +17,7 @@ import torch
 import yaml
 from torch.profiler import record_function
 
-import kernels
+import jepa_kernels
 from jepa import cli
 from jepa import distributed as jdist
 from jepa.checkpoint import FORMAT, Checkpointer, restore_rng, rng_state
@@ -137,7 +137,7 @@ class Trainer:
         self.step += 1
         momentum = self.schedules.momentum_at(self.step)
         with record_function("ema"):
-            kernels.ema_update_(*self.ema_pairs, self.ema_momentum.fill_(momentum))
+            jepa_kernels.ema_update_(*self.ema_pairs, self.ema_momentum.fill_(momentum))
         parts.update({"loss": total, "lr": lr, "wd": wd, "momentum": momentum})
         return parts
 

@@ -115,7 +115,7 @@ def test_every_config_field_has_a_docstring_and_help_config_lists_it(capsys):
 
 @pytest.mark.parametrize("key,owner", [
     ("model.attention", "jepa.models.attention:BACKENDS"),
-    ("training.kernels", "kernels.dispatch:_CHOICES"),
+    ("training.kernels", "jepa_kernels.dispatch:_CHOICES"),
     ("training.precision", "jepa.device:PRECISIONS"),
     ("data.dataset", "jepa.datasets:DATASETS"),
     ("eval.features", "jepa.eval:FEATURES"),

@@ -3,7 +3,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("jepa", "kernels")
+PACKAGES = ("jepa", "jepa_kernels")
 
 
 def module_name(path: Path) -> str:

@@ -144,9 +144,9 @@ def test_nonfinite_loss_stops_without_overwriting_checkpoint(tmp_path):
 
 @pytest.fixture
 def restore_kernel_backend():
-    import kernels
+    import jepa_kernels
     yield
-    kernels.set_backend("auto")
+    jepa_kernels.set_backend("auto")
 
 
 def test_triton_and_torch_kernels_give_the_same_loss_curve(tmp_path, restore_kernel_backend):

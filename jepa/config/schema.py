@@ -20,7 +20,7 @@ from jepa.losses import LossType, PredictionLoss
 from jepa.models import CompileMode, EncoderName, ModelSize, Pooling
 from jepa.models.attention import AttentionBackend
 from jepa.schedules import WdSchedule
-from kernels.dispatch import KernelsBackend
+from jepa_kernels.dispatch import KernelsBackend
 
 @dataclass
 class ModelConfig:

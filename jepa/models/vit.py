@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 from torch.utils.checkpoint import checkpoint
 
-import kernels
+import jepa_kernels
 from jepa.models.attention import attention, prepare_backend
 from jepa.models.pos_embed import sincos_2d
 
@@ -189,7 +189,7 @@ class VisionTransformer(nn.Module):
     def forward(self, x, idx=None, return_block_outputs: int = 0):
         x = self.embed(x)
         if idx is not None:
-            x = kernels.masked_gather(x, idx)
+            x = jepa_kernels.masked_gather(x, idx)
         outputs = []
         for i, block in enumerate(self.blocks):
             x = run_block(block, x, checkpointed=self.grad_checkpointing)

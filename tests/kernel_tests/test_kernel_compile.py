@@ -2,23 +2,23 @@
 import pytest
 import torch
 
-import kernels
-from kernels.ema import ema_update_op
-from kernels.gather import masked_gather_backward_op, masked_gather_op
-from kernels.target_loss import masked_target_loss_op
+import jepa_kernels
+from jepa_kernels.ema import ema_update_op
+from jepa_kernels.gather import masked_gather_backward_op, masked_gather_op
+from jepa_kernels.target_loss import masked_target_loss_op
 
 
 @pytest.fixture(autouse=True)
 def _torch_backend():
-    kernels.set_backend("torch")
+    jepa_kernels.set_backend("torch")
     yield
-    kernels.set_backend("auto")
+    jepa_kernels.set_backend("auto")
 
 
 def step(x, w, target, ctx_idx, pred_idx):
-    h = kernels.masked_gather(x, ctx_idx) @ w
-    pred = torch.tanh(kernels.masked_gather(h, pred_idx))
-    return kernels.masked_target_loss(pred, target, pred_idx, kind="smooth_l1", beta=0.5)
+    h = jepa_kernels.masked_gather(x, ctx_idx) @ w
+    pred = torch.tanh(jepa_kernels.masked_gather(h, pred_idx))
+    return jepa_kernels.masked_target_loss(pred, target, pred_idx, kind="smooth_l1", beta=0.5)
 
 
 def test_compile_fullgraph_matches_eager():

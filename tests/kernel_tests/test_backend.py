@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
-from kernels import dispatch
+import jepa_kernels
+from jepa_kernels import dispatch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,56 +36,56 @@ def run_python(code, env_extra):
 @pytest.fixture(autouse=True)
 def _restore():
     yield
-    kernels.set_backend("auto")
+    jepa_kernels.set_backend("auto")
 
 
 def test_set_backend_and_backend():
-    kernels.set_backend("torch")
-    assert kernels.backend() == "torch"
+    jepa_kernels.set_backend("torch")
+    assert jepa_kernels.backend() == "torch"
     assert not dispatch.use_triton(torch.zeros(1))
-    kernels.set_backend("auto")
+    jepa_kernels.set_backend("auto")
     assert dispatch.get_choice() == "auto"
     assert not dispatch.use_triton(torch.zeros(1))
-    expected = "triton" if kernels.HAS_TRITON and torch.cuda.is_available() else "torch"
-    assert kernels.backend() == expected
+    expected = "triton" if jepa_kernels.HAS_TRITON and torch.cuda.is_available() else "torch"
+    assert jepa_kernels.backend() == expected
     with pytest.raises(ValueError):
-        kernels.set_backend("cuda")
+        jepa_kernels.set_backend("cuda")
 
 
-@pytest.mark.skipif(not kernels.HAS_TRITON, reason="triton not installed")
+@pytest.mark.skipif(not jepa_kernels.HAS_TRITON, reason="triton not installed")
 def test_forced_triton_on_cpu_tensors(monkeypatch):
     """Runs the kernels on CPU under the interpreter; without it, a clear error."""
-    kernels.set_backend("triton")
-    assert kernels.backend() == "triton"
+    jepa_kernels.set_backend("triton")
+    assert jepa_kernels.backend() == "triton"
     monkeypatch.setattr(dispatch, "interpreting", lambda: True)
     assert dispatch.use_triton(torch.zeros(1))
     monkeypatch.setattr(dispatch, "interpreting", lambda: False)
     with pytest.raises(RuntimeError, match="needs CUDA tensors"):
-        kernels.masked_gather(torch.zeros(1, 3, 2), torch.zeros(1, 1, dtype=torch.long))
+        jepa_kernels.masked_gather(torch.zeros(1, 3, 2), torch.zeros(1, 1, dtype=torch.long))
 
 
 def test_triton_unavailable_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(dispatch, "HAS_TRITON", False)
     with pytest.raises(RuntimeError, match="triton"):
-        kernels.set_backend("triton")
+        jepa_kernels.set_backend("triton")
 
 
 def test_import_and_ops_without_triton():
     out = run_python(
         """
 import torch, kernels
-assert not kernels.HAS_TRITON and "triton" not in sys.modules
-assert kernels.backend() == "torch"
+assert not jepa_kernels.HAS_TRITON and "triton" not in sys.modules
+assert jepa_kernels.backend() == "torch"
 x = torch.randn(2, 9, 5, requires_grad=True)
 idx = torch.randint(0, 9, (2, 2, 3))
-y = kernels.masked_gather(x, idx)
-loss = kernels.masked_target_loss(y * 2, x.detach(), idx)
+y = jepa_kernels.masked_gather(x, idx)
+loss = jepa_kernels.masked_target_loss(y * 2, x.detach(), idx)
 loss.backward()
 ts, os_ = [torch.zeros(4)], [torch.ones(4)]
-kernels.ema_update_(ts, os_, 0.75)
+jepa_kernels.ema_update_(ts, os_, 0.75)
 assert torch.allclose(ts[0], torch.full((4,), 0.25))
 try:
-    kernels.set_backend("triton")
+    jepa_kernels.set_backend("triton")
 except RuntimeError as e:
     print("error:", e)
 print("ok", x.grad.shape)
@@ -97,5 +97,5 @@ print("ok", x.grad.shape)
 
 
 def test_env_sets_initial_choice():
-    out = run_python("import kernels; print(kernels.dispatch.get_choice())", {"JEPA_KERNELS": "torch"})
+    out = run_python("import jepa_kernels; print(jepa_kernels.dispatch.get_choice())", {"JEPA_KERNELS": "torch"})
     assert out.strip() == "torch"

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
+import jepa_kernels
 
 from kernel_backends import DEVICE, GPU, ROW_SHAPES as SHAPES, ROW_TOL as TOL, make_idx, rel_err
 
@@ -39,7 +39,7 @@ def test_forward_backward(backend, shape, dtype, kind, beta):
     target = (torch.randn(b, n, d) * 3 + 1).to(dtype=dtype, device=DEVICE)
     pred = torch.randn(m * b, k, d, dtype=dtype, device=DEVICE, requires_grad=True)
     idx = make_idx(m, b, k, n)
-    loss = kernels.masked_target_loss(pred, target, idx, kind=kind, beta=beta)
+    loss = jepa_kernels.masked_target_loss(pred, target, idx, kind=kind, beta=beta)
     assert loss.dtype == torch.float32 and loss.dim() == 0
     ref_loss, ref_grad = reference(pred, target, idx, kind, beta, True)
     assert abs(loss.item() - ref_loss.item()) / ref_loss.item() < TOL[dtype]
@@ -55,7 +55,7 @@ def test_no_normalize(backend, shape, kind, beta):
     target = torch.randn(b, n, d, device=DEVICE)
     pred = torch.randn(m * b, k, d, device=DEVICE, requires_grad=True)
     idx = make_idx(m, b, k, n)
-    loss = kernels.masked_target_loss(pred, target, idx, kind=kind, beta=beta, normalize=False)
+    loss = jepa_kernels.masked_target_loss(pred, target, idx, kind=kind, beta=beta, normalize=False)
     ref_loss, ref_grad = reference(pred, target, idx, kind, beta, False)
     assert abs(loss.item() - ref_loss.item()) / ref_loss.item() < 1e-5
     loss.backward()
@@ -68,7 +68,7 @@ def test_eps_inside_sqrt(backend):
     target[0, 1, ::2] += 1e-3
     pred = torch.zeros(1, 2, 8, device=DEVICE, requires_grad=True)
     idx = torch.tensor([[[1, 0]]], device=DEVICE)
-    loss = kernels.masked_target_loss(pred, target, idx, eps=1e-4)
+    loss = jepa_kernels.masked_target_loss(pred, target, idx, eps=1e-4)
     ref_loss, _ = reference(pred, target, idx, "mse", 1.0, True, eps=1e-4)
     assert abs(loss.item() - ref_loss.item()) / ref_loss.item() < 1e-5
 
@@ -79,7 +79,7 @@ def test_gradcheck_float64(backend, kind, beta):
     target = torch.randn(b, n, d, dtype=torch.float64, device=DEVICE)
     pred = torch.randn(m * b, k, d, dtype=torch.float64, device=DEVICE, requires_grad=True)
     idx = make_idx(m, b, k, n)
-    fn = lambda p: kernels.masked_target_loss(p, target, idx, kind=kind, beta=beta)  # noqa: E731
+    fn = lambda p: jepa_kernels.masked_target_loss(p, target, idx, kind=kind, beta=beta)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (pred,))
 
 
@@ -88,7 +88,7 @@ def test_grad_output_scaling_and_no_target_grad(backend):
     target = torch.randn(b, n, d, device=DEVICE, requires_grad=True)
     pred = torch.randn(m * b, k, d, device=DEVICE, requires_grad=True)
     idx = make_idx(m, b, k, n)
-    (kernels.masked_target_loss(pred, target, idx) * 3.0).backward()
+    (jepa_kernels.masked_target_loss(pred, target, idx) * 3.0).backward()
     _, ref_grad = reference(pred, target.detach(), idx, "mse", 1.0, True)
     assert rel_err(pred.grad, 3.0 * ref_grad) < 1e-5
     assert target.grad is None
@@ -101,7 +101,7 @@ def test_mixed_pred_target_dtypes(backend):
     for p_dt, t_dt in [(torch.float32, torch.float16), (torch.float16, torch.float32)]:
         target = torch.randn(b, n, d, device=DEVICE).to(t_dt)
         pred = torch.randn(m * b, k, d, device=DEVICE, dtype=p_dt, requires_grad=True)
-        loss = kernels.masked_target_loss(pred, target, idx)
+        loss = jepa_kernels.masked_target_loss(pred, target, idx)
         ref_loss, ref_grad = reference(pred, target, idx, "mse", 1.0, True)
         assert abs(loss.item() - ref_loss.item()) / ref_loss.item() < 1e-5
         loss.backward()
@@ -115,7 +115,7 @@ def test_no_grad_forward(backend):
     pred = torch.randn(m * b, k, d, device=DEVICE, requires_grad=True)
     idx = make_idx(m, b, k, n)
     with torch.no_grad():
-        loss = kernels.masked_target_loss(pred, target, idx)
+        loss = jepa_kernels.masked_target_loss(pred, target, idx)
     ref_loss, _ = reference(pred, target, idx, "mse", 1.0, True)
     assert abs(loss.item() - ref_loss.item()) / ref_loss.item() < 1e-5
 
@@ -124,13 +124,13 @@ def test_two_dim_idx_and_errors(backend):
     target = torch.randn(3, 10, 5, device=DEVICE)
     pred = torch.randn(3, 4, 5, device=DEVICE)
     idx = torch.randint(0, 10, (3, 4), device=DEVICE)
-    loss = kernels.masked_target_loss(pred, target, idx)
+    loss = jepa_kernels.masked_target_loss(pred, target, idx)
     ref_loss, _ = reference(pred, target, idx.unsqueeze(0), "mse", 1.0, True)
     assert abs(loss.item() - ref_loss.item()) / ref_loss.item() < 1e-5
     with pytest.raises(ValueError):
-        kernels.masked_target_loss(pred, target, idx, kind="l1")
+        jepa_kernels.masked_target_loss(pred, target, idx, kind="l1")
     with pytest.raises(ValueError):
-        kernels.masked_target_loss(pred[:2], target, idx)
+        jepa_kernels.masked_target_loss(pred[:2], target, idx)
 
 
 @pytest.mark.skipif(not GPU, reason="bf16 needs CUDA (with compiled Triton: JEPA_REAL_TRITON=1)")
@@ -140,7 +140,7 @@ def test_bf16_cuda(backend, kind, beta):
     target = torch.randn(b, n, d, device=DEVICE, dtype=torch.bfloat16)
     pred = torch.randn(m * b, k, d, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
     idx = make_idx(m, b, k, n)
-    loss = kernels.masked_target_loss(pred, target, idx, kind=kind, beta=beta)
+    loss = jepa_kernels.masked_target_loss(pred, target, idx, kind=kind, beta=beta)
     assert loss.dtype == torch.float32
     ref_loss, ref_grad = reference(pred, target, idx, kind, beta, True)
     assert abs(loss.item() - ref_loss.item()) / ref_loss.item() < 1e-4
@@ -164,7 +164,7 @@ def test_wide_rows_with_a_large_mean(backend, d, dtype):
     idx = make_idx(m, b, k, n)
     for kind, beta in [("mse", 1.0), ("smooth_l1", 0.5)]:
         pred.grad = None
-        loss = kernels.masked_target_loss(pred, target, idx, kind=kind, beta=beta)
+        loss = jepa_kernels.masked_target_loss(pred, target, idx, kind=kind, beta=beta)
         ref_loss, ref_grad = reference(pred, target, idx, kind, beta, True)
         assert abs(loss.item() - ref_loss.item()) / ref_loss.item() < tol
         loss.backward()
@@ -173,7 +173,7 @@ def test_wide_rows_with_a_large_mean(backend, d, dtype):
 
 def test_gradient_form_per_dtype(backend):
     """The op hands backward d(mean loss)/d(pred), except in fp16 where it is d(summed loss)/d(pred)."""
-    from kernels.target_loss import masked_target_loss_op
+    from jepa_kernels.target_loss import masked_target_loss_op
     b, n, d, m, k = 2, 7, 61, 4, 3
     idx = make_idx(m, b, k, n)
     target = torch.randn(b, n, d, device=DEVICE)
@@ -201,7 +201,7 @@ def test_backward_reuses_the_forward_gradient(backend):
     for scale in (1.0, 2.5):
         saved.clear()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = kernels.masked_target_loss(pred, target, idx)
+            loss = jepa_kernels.masked_target_loss(pred, target, idx)
         (grad,) = torch.autograd.grad(loss * scale if scale != 1.0 else loss, pred)
         assert rel_err(grad, scale * ref_grad) < 1e-5
         assert (grad.data_ptr() in saved) == (backend == "triton")
@@ -216,7 +216,7 @@ def test_backward_twice_through_one_graph(backend):
     target = torch.randn(b, n, d, device=DEVICE)
     pred = torch.randn(m * b, k, d, device=DEVICE, requires_grad=True)
     _, ref_grad = reference(pred, target, idx, "mse", 1.0, True)
-    loss = kernels.masked_target_loss(pred, target, idx)
+    loss = jepa_kernels.masked_target_loss(pred, target, idx)
     for g in (2.0, 5.0, 1.0):
         (grad,) = torch.autograd.grad(loss, pred, torch.tensor(g, device=DEVICE), retain_graph=True)
         assert rel_err(grad, g * ref_grad) < 1e-5

@@ -6,7 +6,7 @@ Without a GPU the Triton kernels run in the interpreter on CPU tensors; with
 import pytest
 import torch
 
-import kernels
+import jepa_kernels
 
 from kernel_backends import DEVICE, GPU, ROW_SHAPES as SHAPES, ROW_TOL as TOL, make_idx, rel_err
 
@@ -31,7 +31,7 @@ def ref_scatter(grad, idx, n):
 def check(x, idx, dtype):
     b, n, d = x.shape
     m, _, k = idx.shape
-    out = kernels.masked_gather(x, idx)
+    out = jepa_kernels.masked_gather(x, idx)
     assert out.shape == (m * b, k, d) and out.dtype == dtype and out.device == x.device
     assert not out.isnan().any()
     assert torch.equal(out.cpu().double(), ref_gather(x, idx))
@@ -55,7 +55,7 @@ def test_forward_backward(backend, shape, dtype):
 def test_two_dim_idx(backend):
     x = torch.randn(3, 10, 61, device=DEVICE)
     idx = torch.randint(0, 10, (3, 4), device=DEVICE)
-    out = kernels.masked_gather(x, idx)
+    out = jepa_kernels.masked_gather(x, idx)
     assert out.shape == (3, 4, 61)
     assert torch.equal(out, torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, 61)))
 
@@ -65,14 +65,14 @@ def test_matches_reference_ijepa_apply_masks(backend):
     x = torch.randn(2, 12, 7, device=DEVICE)
     idx = make_idx(4, 2, 5, 12)
     ref = torch.cat([torch.gather(x, 1, i.unsqueeze(-1).expand(-1, -1, 7)) for i in idx])
-    assert torch.equal(kernels.masked_gather(x, idx), ref)
+    assert torch.equal(jepa_kernels.masked_gather(x, idx), ref)
 
 
 def test_non_contiguous_x(backend):
     base = torch.randn(2, 9, 40, device=DEVICE)
     x = base[:, 1:, 3:33]
     idx = make_idx(2, 2, 3, 8)
-    assert torch.equal(kernels.masked_gather(x, idx).cpu().double(), ref_gather(x, idx))
+    assert torch.equal(jepa_kernels.masked_gather(x, idx).cpu().double(), ref_gather(x, idx))
 
 
 def test_batch_expanded_x(backend):
@@ -80,7 +80,7 @@ def test_batch_expanded_x(backend):
     pos = torch.randn(1, 9, 61, device=DEVICE, requires_grad=True)
     x = pos.expand(3, -1, -1)
     idx = make_idx(4, 3, 5, 9)
-    out = kernels.masked_gather(x, idx)
+    out = jepa_kernels.masked_gather(x, idx)
     assert torch.equal(out.cpu().double(), ref_gather(x, idx))
     grad = torch.randn_like(out)
     out.backward(grad)
@@ -92,12 +92,12 @@ def test_gradcheck_float64(backend, shape):
     b, n, d, m, k = shape
     x = torch.randn(b, n, d, dtype=torch.float64, device=DEVICE, requires_grad=True)
     idx = make_idx(m, b, k, n)
-    assert torch.autograd.gradcheck(lambda t: kernels.masked_gather(t, idx), (x,))
+    assert torch.autograd.gradcheck(lambda t: jepa_kernels.masked_gather(t, idx), (x,))
 
 
 def test_bad_shapes_raise(backend):
     with pytest.raises(ValueError):
-        kernels.masked_gather(torch.randn(2, 5, 3), torch.zeros(3, 4, dtype=torch.long))
+        jepa_kernels.masked_gather(torch.randn(2, 5, 3), torch.zeros(3, 4, dtype=torch.long))
 
 
 @pytest.mark.skipif(not GPU, reason="bf16 needs CUDA (with compiled Triton: JEPA_REAL_TRITON=1)")
@@ -146,7 +146,7 @@ def test_unique_indices_backward_copies_each_row_once(backend, shape, dtype, shu
     b, n, d, k = shape
     x = torch.randn(b, n, d, dtype=dtype, device=DEVICE, requires_grad=True)
     idx = distinct_idx(1, b, k, n, shuffled)
-    out = kernels.masked_gather(x, idx)
+    out = jepa_kernels.masked_gather(x, idx)
     assert torch.equal(out.cpu().double(), ref_gather(x, idx))
     grad = torch.randn_like(out)
     out.backward(grad)
@@ -159,7 +159,7 @@ def test_unique_indices_backward_copies_each_row_once(backend, shape, dtype, shu
 def test_deterministic_mode_sums_repeats_in_index_order(backend, deterministic, monkeypatch, dtype, m):
     """Repeated indices (within a mask, and across masks) under torch.use_deterministic_algorithms: no atomics,
     the sum taken in index order, the same bits on every run."""
-    from kernels import gather
+    from jepa_kernels import gather
     monkeypatch.setattr(gather, "_scatter_add_atomic", lambda *a: pytest.fail("atomics in deterministic mode"))
     b, n, d, k = 2, 11, 61, 9
     x = torch.randn(b, n, d, dtype=dtype, device=DEVICE, requires_grad=True)
@@ -169,7 +169,7 @@ def test_deterministic_mode_sums_repeats_in_index_order(backend, deterministic, 
     grads = []
     for _ in range(2):
         x.grad = None
-        kernels.masked_gather(x, idx).backward(grad)
+        jepa_kernels.masked_gather(x, idx).backward(grad)
         grads.append(x.grad.clone())
     assert torch.equal(grads[0], grads[1])
     assert rel_err(grads[0], ref_scatter(grad, idx, n)) < TOL[dtype]
@@ -179,14 +179,14 @@ def test_deterministic_mode_sums_repeats_in_index_order(backend, deterministic, 
 
 def test_atomics_only_for_several_masks_outside_deterministic_mode(backend, monkeypatch):
     """The routing: one mask never takes the atomic path; several masks do, unless deterministic."""
-    from kernels import gather
+    from jepa_kernels import gather
     calls = []
     real = gather._scatter_add_atomic
     monkeypatch.setattr(gather, "_scatter_add_atomic", lambda *a: calls.append(1) or real(*a))
     x = torch.randn(2, 9, 61, device=DEVICE, requires_grad=True)
     for m in (1, 4):
         idx = make_idx(m, 2, 5, 9)
-        out = kernels.masked_gather(x, idx)
+        out = jepa_kernels.masked_gather(x, idx)
         grad = torch.randn_like(out)
         out.backward(grad)
         assert rel_err(x.grad, ref_scatter(grad, idx, 9)) < TOL[torch.float32]
@@ -197,7 +197,7 @@ def test_atomics_only_for_several_masks_outside_deterministic_mode(backend, monk
 def test_zero_tokens(backend):
     x = torch.randn(2, 7, 61, device=DEVICE, requires_grad=True)
     idx = torch.zeros(3, 2, 0, dtype=torch.long, device=DEVICE)
-    out = kernels.masked_gather(x, idx)
+    out = jepa_kernels.masked_gather(x, idx)
     assert out.shape == (6, 0, 61)
     out.sum().backward()
     assert torch.equal(x.grad, torch.zeros_like(x))

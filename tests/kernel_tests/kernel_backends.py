@@ -6,14 +6,14 @@ Without a GPU the Triton kernels run in the interpreter on CPU tensors; with
 import pytest
 import torch
 
-import kernels
-from kernels import dispatch
+import jepa_kernels
+from jepa_kernels import dispatch
 
 GPU = torch.cuda.is_available() and not dispatch.interpreting()
 DEVICE = "cuda" if GPU else "cpu"
 BACKENDS = [
     pytest.param("triton", marks=pytest.mark.skipif(
-        not kernels.HAS_TRITON or not (GPU or dispatch.interpreting()),
+        not jepa_kernels.HAS_TRITON or not (GPU or dispatch.interpreting()),
         reason="triton not installed, or compiled Triton without a GPU")),
     "torch",
 ]

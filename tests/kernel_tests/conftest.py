@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-import kernels
-from kernels import dispatch
+import jepa_kernels
+from jepa_kernels import dispatch
 
 from kernel_backends import BACKENDS
 
@@ -18,6 +18,6 @@ def backend(request, monkeypatch):
         return out.fill_(float("nan")) if dtype.is_floating_point else out.fill_(-7)
 
     monkeypatch.setattr(dispatch, "empty", poisoned)
-    kernels.set_backend(request.param)
+    jepa_kernels.set_backend(request.param)
     yield request.param
-    kernels.set_backend("auto")
+    jepa_kernels.set_backend("auto")

@@ -1,7 +1,7 @@
 """Fused kernels for I-JEPA training: masked gather, masked target loss, EMA update.
 
 Each op has a Triton kernel (CUDA, or CPU under ``TRITON_INTERPRET=1``) and a pure-PyTorch
-fallback (``kernels.reference``); all are ``torch.library`` custom ops, so
+fallback (``jepa_kernels.reference``); all are ``torch.library`` custom ops, so
 ``torch.compile`` sees each as one opaque node.  Importable without triton.
 """
 from __future__ import annotations
@@ -86,7 +86,7 @@ def ema_update_(
     """In place ``t = m*t + (1-m)*o`` for every pair; ``momentum`` a float or 0-d tensor.
 
     One Triton launch for all tensors on CUDA (fp32/fp16/bf16, mixed allowed, fp32 math), from a
-    launch plan cached by the tensors' storage (``kernels.ema``).  Pass the momentum as a device
+    launch plan cached by the tensors' storage (``jepa_kernels.ema``).  Pass the momentum as a device
     tensor to make the launch graph-safe: a float is a launch argument, frozen into a captured graph.
     """
     ts = target_params if isinstance(target_params, (list, tuple)) else list(target_params)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import kernels
+import jepa_kernels
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,7 +22,7 @@ SCRIPT = r'''
 import re, triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-import kernels.gather as g, kernels.target_loss as t, kernels.ema as e
+import jepa_kernels.gather as g, jepa_kernels.target_loss as t, jepa_kernels.ema as e
 
 def ptx(fn, sig, consts, div16=(), warps=4):
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in div16}
@@ -105,7 +105,7 @@ print("compiled-ok")
 '''
 
 
-@pytest.mark.skipif(not kernels.HAS_TRITON, reason="triton not installed")
+@pytest.mark.skipif(not jepa_kernels.HAS_TRITON, reason="triton not installed")
 def test_kernels_compile_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT)

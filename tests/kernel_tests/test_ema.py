@@ -8,7 +8,7 @@ import inspect
 import pytest
 import torch
 
-import kernels
+import jepa_kernels
 
 from kernel_backends import BACKENDS, DEVICE, GPU
 # sizes: tiny, odd, a full 8K-element chunk plus a tail, multi-dim weights
@@ -19,9 +19,9 @@ TOL = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.flo
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     """Each backend in turn; unlike conftest's fixture nothing is poisoned: the update is in place."""
-    kernels.set_backend(request.param)
+    jepa_kernels.set_backend(request.param)
     yield request.param
-    kernels.set_backend("auto")
+    jepa_kernels.set_backend("auto")
 
 
 def make_pairs(dtypes, shapes=SHAPES):
@@ -55,7 +55,7 @@ def test_ema_matches_reference(backend, dtypes, momentum_kind):
     online_before = [o.clone() for o in os_]
     m = 0.9
     mom = m if momentum_kind == "float" else torch.tensor(m, dtype=torch.float64, device=DEVICE)
-    kernels.ema_update_(ts, os_, mom)
+    jepa_kernels.ema_update_(ts, os_, mom)
     check(ts, before, os_, m)
     assert all(torch.equal(o, o0) for o, o0 in zip(os_, online_before))
 
@@ -64,10 +64,10 @@ def test_momentum_changes_every_step(backend):
     ts, os_ = make_pairs([torch.float32], [(61,), (8193,)])
     for m in (0.9, 0.95, 0.999):
         before = [t.clone() for t in ts]
-        kernels.ema_update_(ts, os_, m)
+        jepa_kernels.ema_update_(ts, os_, m)
         check(ts, before, os_, m)
         before = [t.clone() for t in ts]
-        kernels.ema_update_(ts, os_, torch.tensor(m, dtype=torch.float64, device=DEVICE))
+        jepa_kernels.ema_update_(ts, os_, torch.tensor(m, dtype=torch.float64, device=DEVICE))
         check(ts, before, os_, m)
 
 
@@ -75,7 +75,7 @@ def test_mixed_target_online_dtypes(backend):
     ts = [torch.randn(61, device=DEVICE), torch.randn(200, device=DEVICE).half()]
     os_ = [ts[0].half() + 4, ts[1].float() - 4]
     before = [t.clone() for t in ts]
-    kernels.ema_update_(ts, os_, 0.5)
+    jepa_kernels.ema_update_(ts, os_, 0.5)
     check(ts, before, os_, 0.5)
 
 
@@ -89,23 +89,23 @@ def test_parameters_and_non_contiguous(backend):
     ts = list(lin_t.parameters()) + [base_t.t()]
     os_ = list(lin_o.parameters()) + [base_o.t()]
     before = [t.detach().clone() for t in ts]
-    kernels.ema_update_(ts, os_, 0.9)
+    jepa_kernels.ema_update_(ts, os_, 0.9)
     check([t.detach() for t in ts], before, [o.detach() for o in os_], 0.9)
     assert lin_t.weight.grad is None
 
 
 def test_empty_list_and_errors(backend):
-    kernels.ema_update_([], [], 0.9)
+    jepa_kernels.ema_update_([], [], 0.9)
     with pytest.raises(ValueError):
-        kernels.ema_update_([torch.zeros(3)], [], 0.9)
+        jepa_kernels.ema_update_([torch.zeros(3)], [], 0.9)
 
 
-@pytest.mark.skipif(not kernels.HAS_TRITON, reason="triton not installed")
+@pytest.mark.skipif(not jepa_kernels.HAS_TRITON, reason="triton not installed")
 def test_momentum_is_runtime_argument():
     """Changing the momentum must not recompile: it may not be a constexpr parameter."""
     import triton.language as tl
 
-    from kernels import ema
+    from jepa_kernels import ema
 
     fn = getattr(ema._ema_kernel, "fn", ema._ema_kernel)
     params = inspect.signature(fn).parameters
@@ -119,7 +119,7 @@ def test_bf16_cuda(backend, momentum_kind):
     ts, os_ = make_pairs([torch.bfloat16, torch.float32, torch.bfloat16])
     before = [t.clone() for t in ts]
     mom = 0.9 if momentum_kind == "float" else torch.tensor(0.9, dtype=torch.float64, device=DEVICE)
-    kernels.ema_update_(ts, os_, mom)
+    jepa_kernels.ema_update_(ts, os_, mom)
     check(ts, before, os_, 0.9)
 
 
@@ -132,7 +132,7 @@ def test_unaligned_views(backend):
         o.copy_(t + 3.0)
     before = [t.clone() for t in ts]
     outside = base_t[[0, 8194]].clone()
-    kernels.ema_update_(ts, os_, 0.8)
+    jepa_kernels.ema_update_(ts, os_, 0.8)
     check(ts, before, os_, 0.8)
     assert torch.equal(base_t[[0, 8194]], outside)
 
@@ -141,30 +141,30 @@ def test_unaligned_views(backend):
 
 @pytest.fixture
 def triton_backend():
-    if not kernels.HAS_TRITON or not (GPU or kernels.dispatch.interpreting()):
+    if not jepa_kernels.HAS_TRITON or not (GPU or jepa_kernels.dispatch.interpreting()):
         pytest.skip("triton not installed, or compiled Triton without a GPU")
-    kernels.set_backend("triton")
+    jepa_kernels.set_backend("triton")
     yield
-    kernels.set_backend("auto")
+    jepa_kernels.set_backend("auto")
 
 
 def test_plan_is_reused_and_rebuilt_when_a_storage_changes(triton_backend):
-    from kernels import ema
+    from jepa_kernels import ema
     ema.clear_plans()
     ts, os_ = make_pairs([torch.float32], [(61,), (8193,), (3, 7)])
     params = [torch.nn.Parameter(t, requires_grad=False) for t in ts]
     del ts  # the parameters alone own their storages
-    kernels.ema_update_(params, os_, 0.9)
+    jepa_kernels.ema_update_(params, os_, 0.9)
     plan = ema.plan_for(params, os_)
     before = [p.detach().clone() for p in params]
-    kernels.ema_update_(params, os_, 0.9)
+    jepa_kernels.ema_update_(params, os_, 0.9)
     assert list(ema._PLANS.values()) == [plan]  # same plan, nothing rebuilt
     check([p.detach() for p in params], before, os_, 0.9)
 
     old_ptr = params[1].data_ptr()
     params[1].data = params[1].data.clone()  # new storage for one parameter (as .to(), .half() or a reload would do)
     before = [p.detach().clone() for p in params]
-    kernels.ema_update_(params, os_, 0.9)
+    jepa_kernels.ema_update_(params, os_, 0.9)
     check([p.detach() for p in params], before, os_, 0.9)
     assert plan not in ema._PLANS.values() and len(ema._PLANS) == 1  # the stale plan let the old storage go
     assert old_ptr not in ema.plan_for(params, os_).table[:, 0].tolist()
@@ -172,13 +172,13 @@ def test_plan_is_reused_and_rebuilt_when_a_storage_changes(triton_backend):
 
 def test_alignment_is_per_tensor(triton_backend):
     """One unaligned pair does not take the 16-byte hints (vector loads) from the others."""
-    from kernels import ema
+    from jepa_kernels import ema
     base_t, base_o = torch.randn(9000, device=DEVICE), torch.randn(9000, device=DEVICE)
     ts = [torch.randn(8192, device=DEVICE), base_t[1:8194], torch.randn(100, device=DEVICE)]
     os_ = [t + 3.0 for t in (ts[0],)] + [base_o[1:8194], ts[2] - 3.0]
     os_[1].copy_(ts[1] + 3.0)
     before = [t.clone() for t in ts]
-    kernels.ema_update_(ts, os_, 0.7)
+    jepa_kernels.ema_update_(ts, os_, 0.7)
     check(ts, before, os_, 0.7)
     codes = ema.plan_for(ts, os_).table[:, 4].cpu()
     aligned = (codes >= ema._ALIGNED).tolist()
@@ -195,7 +195,7 @@ def test_momentum_tensor_is_read_at_every_launch(triton_backend):
         for t, t0 in zip(ts, start):
             t.copy_(t0)  # same storage (same plan), the original gap
         before = [t.clone() for t in ts]
-        kernels.ema_update_(ts, os_, mom)
+        jepa_kernels.ema_update_(ts, os_, mom)
         check(ts, before, os_, m)
 
 
@@ -204,6 +204,6 @@ def test_update_counts_as_an_in_place_change(backend):
     target = torch.randn(61, device=DEVICE)
     x = torch.randn(61, device=DEVICE, requires_grad=True)
     y = (x * target).sum()  # saves target for backward
-    kernels.ema_update_([target], [torch.randn(61, device=DEVICE)], 0.9)
+    jepa_kernels.ema_update_([target], [torch.randn(61, device=DEVICE)], 0.9)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.backward()
