@@ -61,3 +61,12 @@ def test_no_module_imports_one_that_imports_it_back():
 def test_no_module_is_longer_than_600_lines():
     long = {name: n for name, path in project_modules().items() if (n := len(path.read_text().splitlines())) > 600}
     assert not long, long
+
+
+def test_top_level_import_names_are_ours_alone():
+    """``kernels`` is Hugging Face's package (transformers needs it): no folder of ours may shadow it."""
+    tops = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()}
+    assert tops == set(PACKAGES), tops
+    assert not (ROOT / "kernels").exists() and not (ROOT / "tests" / "kernels").exists()
+    setup = (ROOT / "setup.py").read_text()
+    assert 'name="jepa-trainer"' in setup and '"kernels.*"' not in setup

@@ -73,7 +73,7 @@ def test_triton_unavailable_is_a_clear_error(monkeypatch):
 def test_import_and_ops_without_triton():
     out = run_python(
         """
-import torch, kernels
+import torch, jepa_kernels
 assert not jepa_kernels.HAS_TRITON and "triton" not in sys.modules
 assert jepa_kernels.backend() == "torch"
 x = torch.randn(2, 9, 5, requires_grad=True)
