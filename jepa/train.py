@@ -21,7 +21,8 @@ import jepa_kernels
 from jepa import cli
 from jepa import distributed as jdist
 from jepa.checkpoint import FORMAT, Checkpointer, restore_rng, rng_state
-from jepa.config import Config, ConfigError, add_config_args, config_from_cli
+from jepa.config import Config, add_config_args, config_from_cli
+from jepa.config.validate import check_accum_steps
 from jepa.data import Batch, TrainBatches
 from jepa.device import pick_precision, setup_process
 from jepa.interop.init import start_from
@@ -58,9 +59,8 @@ class Trainer:
         self.mask_stats = MaskStats()  # from the batches received: the sampler may run in DataLoader workers
         self.global_batch = cfg.data.batch_size * t.accum_steps * self.dist.world_size  # images per optimizer step
         self.steps_per_epoch = self.data.batches_per_epoch // t.accum_steps
-        if self.steps_per_epoch < 1:
-            raise ConfigError(f"training.accum_steps={t.accum_steps} needs at least that many batches per epoch, "
-                              f"but there are {self.data.batches_per_epoch}")
+        check_accum_steps(t.accum_steps, cfg.data.batch_size, self.data.batches_per_epoch,
+                          f"per process of {self.dist.world_size}, from the loaded dataset")
         self.total_steps = self.steps_per_epoch * t.epochs
         self.schedules = build_schedules(cfg.optim, self.total_steps, self.steps_per_epoch)
         self.amp_dtype = pick_precision(t.precision, device)

@@ -6,7 +6,7 @@ import typing
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from jepa.config import ConfigError, load_config
@@ -154,3 +154,153 @@ def test_the_rules_accept_what_the_sampler_can_do():
     assert cfg.masks.npred == 6
     assert load_config(None, {"masks.npred": "12", "masks.allow_overlap": "true", "masks.min_keep": "4"}).masks.npred == 12
     assert math.isfinite(load_config(None, {"optim.eps": "1e-6"}).optim.eps)
+
+
+# ------------------------------------------------------------------ cross-field rules, drawn together
+
+CROSS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+TRAIN_IMAGES = {"fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000}
+
+
+def load_or_error(over: dict):
+    """The validated config, or the ConfigError's message (the statistics count which key refused)."""
+    try:
+        cfg = load_config(None, over)
+    except ConfigError as e:
+        event(f"refused: {str(e).split(':')[0]}")
+        return None, str(e)
+    event("valid")
+    return cfg, None
+
+
+@CROSS
+@given(embed=st.integers(1, 48), pred=st.integers(1, 48),
+       ratio=st.floats(1e-3, 1.5) | st.integers(1, 48).map(lambda w: 1 / w) | st.sampled_from([0.02, 0.5, 1.0]))
+def test_mlp_ratio_against_both_widths_validates_and_builds_or_names_the_ratio(embed, pred, ratio):
+    from jepa.models import build_model
+    from jepa.models.vit import MLP
+    over = {"model.embed_dim": str(embed), "model.num_heads": "1", "model.depth": "1", "model.pred_dim": str(pred),
+            "model.pred_heads": "1", "model.pred_depth": "1", "model.mlp_ratio": repr(ratio)}
+    cfg, error = load_or_error(over)
+    fits = int(embed * ratio) >= 1 and int(pred * ratio) >= 1
+    assert (cfg is not None) == fits, f"{over}: {error}"
+    if cfg is None:
+        assert error.startswith("model.mlp_ratio: ") and "= 0 hidden units" in error
+        return
+    widths = {m.fc1.out_features for m in build_model(cfg).modules() if isinstance(m, MLP)}
+    assert widths == {int(embed * ratio), int(pred * ratio)} and min(widths) >= 1
+
+
+def as_number(value) -> float:
+    """What the config reads from a YAML value for a float field; NaN where it reads no number."""
+    try:
+        return float(value)
+    except ValueError:
+        return math.nan
+
+
+@CROSS
+@given(levels=st.integers(1, 4),
+       weights=st.lists(st.sampled_from(["0", "0.0", "-0.0", "1", "0.5", "1e-300", "1e6", "-1", "2e6", ".nan",
+                                         "-.inf", "x"]), min_size=1, max_size=4))
+def test_level_weights_against_the_levels_validate_or_name_the_weights(levels, weights):
+    over = {"model.num_hierarchies": str(levels), "loss.level_weights": f"[{', '.join(weights)}]"}
+    cfg, error = load_or_error(over)
+    numbers = [as_number(yaml.safe_load(w)) for w in weights]
+    fits = len(weights) == levels and all(0 <= w <= 1e6 for w in numbers) and any(w > 0 for w in numbers)
+    assert (cfg is not None) == fits, f"{over}: {error}"
+    if cfg is None:
+        assert error.startswith("loss.level_weights"), error
+    else:
+        assert cfg.loss.level_weights == numbers and sum(cfg.loss.level_weights) > 0
+
+
+data_sources = st.one_of(
+    st.fixed_dictionaries({"data.dataset": st.just("synthetic"), "data.synthetic_size": st.integers(1, 300)}),
+    st.fixed_dictionaries({"data.dataset": st.sampled_from(sorted(TRAIN_IMAGES) + ["imagefolder"])}),
+    st.fixed_dictionaries({"data.mix": st.sampled_from(["[{name: mnist}, {name: synthetic}]",
+                                                        "[{name: cifar10}, {name: imagefolder}]"]),
+                           "data.synthetic_size": st.integers(1, 300)}),
+).map(lambda d: {k: str(v) for k, v in d.items()})
+
+
+def epoch_images(over: dict) -> int | None:
+    """Training images per epoch the config alone gives (one process), as the issue's rules count them."""
+    names = ([p.split(": ")[1] for p in over["data.mix"][2:-2].split("}, {")] if "data.mix" in over
+             else [over["data.dataset"]])
+    sizes = [int(over["data.synthetic_size"]) if n == "synthetic" else TRAIN_IMAGES.get(n) for n in names]
+    if None in sizes:
+        return None
+    subset = int(over.get("data.subset", 2 ** 62))
+    return sum(min(n, subset) for n in sizes)
+
+
+@CROSS
+@given(source=data_sources, batch=st.integers(1, 400) | st.sampled_from([20000, 50001, 60000]),
+       accum=st.integers(1, 40) | st.sampled_from([469, 60000]), subset=st.none() | st.integers(1, 500))
+def test_accum_steps_against_the_epoch_validates_and_loads_or_names_the_key(source, batch, accum, subset):
+    from jepa.data import TrainBatches
+    over = {**source, "data.batch_size": str(batch), "training.accum_steps": str(accum), "masks.min_keep": "4"}
+    if subset is not None:
+        over["data.subset"] = str(subset)
+    cfg, error = load_or_error(over)
+    images = epoch_images(over)
+    fits = (subset is None or batch <= subset) and (images is None or accum <= images // batch)
+    if "data.mix" not in over and over["data.dataset"] == "synthetic":
+        fits = fits and batch <= int(over["data.synthetic_size"])
+    assert (cfg is not None) == fits, f"{over}: {error}"
+    if cfg is None:
+        assert error.startswith(("training.accum_steps: ", "data.batch_size: ")), error
+        if error.startswith("training.accum_steps: "):
+            assert f"data.batch_size={batch}" in error and f"only {images // batch} batch(es)" in error
+    elif "data.mix" not in over and over["data.dataset"] == "synthetic":
+        assert TrainBatches(cfg).batches_per_epoch >= accum  # what the trainer divides by accum_steps
+        event("loaded")
+
+
+STR_KEYS = [path for path, tp in FIELDS if base_type(tp) is str] + ["data.mix[0].root"]
+surrogates = st.integers(0xD800, 0xDFFF).map(chr)
+
+
+@CROSS
+@given(key=st.sampled_from(STR_KEYS), head=st.text(max_size=6), tail=st.text(max_size=6),
+       bad=st.none() | surrogates, by_file=st.booleans())
+def test_strings_that_are_not_utf8_are_refused_naming_the_key_from_cli_or_file(tmp_path_factory, key, head, tail, bad,
+                                                                                by_file):
+    value = head + (bad or "") + tail
+    path = None
+    if key == "data.mix[0].root":
+        raw = {"data": {"mix": [{"name": "mnist", "root": value}]}}
+    else:
+        section, _, name = key.rpartition(".")
+        raw = {section: {name: value}} if section else {name: value}
+    if by_file:  # YAML's escapes spell the surrogate: "\udcff"
+        path = tmp_path_factory.mktemp("c") / "c.yaml"
+        path.write_text(yaml.safe_dump(raw, allow_unicode=False), encoding="utf-8")
+    elif key == "data.mix[0].root":
+        over = {"data.mix": [{"name": "mnist", "root": value}]}
+    else:
+        over = {key: value}
+    try:
+        cfg = load_config(path) if by_file else load_config(None, over)
+    except ConfigError as e:
+        assert key in str(e), f"{key}={value!r}: {e}"
+        assert bad is None or str(e).startswith(f"{key}: {value!r} is not valid text"), str(e)
+        return
+    assert bad is None, f"{key}={value!r} was accepted"
+    yaml.safe_dump(cfg.to_dict(), allow_unicode=True).encode("utf-8")  # what a run writes beside its checkpoints
+
+
+@CROSS
+@given(section=st.sampled_from([None] + [name for name, _ in sections()]),
+       key=st.lists(st.integers(0, 9) | garbage_words, min_size=0, max_size=3).map(lambda k: f"[{', '.join(map(str, k))}]")
+       | st.dictionaries(garbage_words, st.integers(0, 9), max_size=2).map(
+           lambda d: "{" + ", ".join(f"{k}: {v}" for k, v in d.items()) + "}"))
+def test_a_key_that_is_a_list_or_mapping_names_the_file_and_key(tmp_path_factory, section, key):
+    path = tmp_path_factory.mktemp("c") / "c.yaml"
+    text = f"? {key}\n: 1\n" if section is None else f"{section}:\n  ? {key}\n  : 1\n"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    line = 1 if section is None else 2
+    assert str(e.value).startswith(f"{path}: line {line}: the key {key} is a "), str(e.value)

@@ -18,12 +18,26 @@ MAX_DEPTH = 16  # nesting depth of a config's mappings and lists
 INT64 = 2 ** 63
 
 
+class _KeyNotScalar(yaml.YAMLError):
+    """A mapping key that is a list or mapping: YAML allows it, a config (and Python's dict) does not."""
+
+    def __init__(self, key_node):
+        super().__init__()
+        start, end = key_node.start_mark, key_node.end_mark
+        text = " ".join((start.buffer or "")[start.index:end.index].split())
+        self.key = text if len(text) <= 60 else text[:57] + "..."
+        self.kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+        self.line = start.line + 1
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping."""
+    """YAML's safe loader, refusing a key given twice in one mapping and a key that is not a plain value."""
 
     def construct_mapping(self, node, deep=False):
         seen = {}
         for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise _KeyNotScalar(key_node)
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -36,6 +50,9 @@ def read_yaml(text: str, source: str) -> Any:
     """Parse config YAML safely: no tags beyond the safe ones, no duplicate keys, bounded size and depth."""
     try:
         value = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _KeyNotScalar as e:
+        raise ConfigError(f"{source}: line {e.line}: the key {e.key} is a {e.kind}; config keys are plain names "
+                          "like model or depth") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: not valid YAML: {' '.join(str(e).split())}") from None
     except RecursionError:
@@ -96,13 +113,16 @@ def _coerce(value, tp, path: str):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        inner = None
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(value, a, path)
-            except ConfigError:
-                pass
+            except ConfigError as e:
+                inner = e if str(e).startswith(f"{path}[") else inner  # a bad element: say which and why
+        if inner is not None and len(args) == 2:
+            raise inner from None
         raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
     if origin in (list, tuple):
         if isinstance(value, str):

@@ -6,6 +6,7 @@ together (patch grid, mask geometry, batch vs subset) are decided from the confi
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 
@@ -20,6 +21,8 @@ from jepa.masks import MaskSampler, block_size
 from jepa.models import MODEL_SIZES
 
 BIG = 1 << 40  # an upper bound for counts that only need to be sane
+# training images of the datasets whose train split has a fixed size (stl10: its labelled train split)
+TRAIN_SIZES = {"fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000, "cifar100": 50000, "stl10": 5000}
 
 # inclusive integer ranges per key (optional fields may also be null)
 INT_RANGES = {
@@ -82,6 +85,7 @@ def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
     """Check ranges and cross-field rules; fill derived fields (named model sizes, level weights, VICReg)."""
     explicit = explicit or set()
     m, d, k, ls, o, t = cfg.model, cfg.data, cfg.masks, cfg.loss, cfg.optim, cfg.training
+    _check_text(cfg)
     if m.size != "custom":
         for key, val in zip(("embed_dim", "depth", "num_heads"), MODEL_SIZES[m.size]):
             if f"model.{key}" in explicit and getattr(m, key) != val:
@@ -100,6 +104,7 @@ def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
            f"must divide model.embed_dim={m.embed_dim}, got {m.num_heads}")
     _check(m.pred_dim % m.pred_heads == 0, "model.pred_heads",
            f"must divide model.pred_dim={m.pred_dim}, got {m.pred_heads}")
+    _check_mlp_width(m)
     _check(m.init_from is None or m.init_from.strip() != "", "model.init_from",
            "must be a path (a checkpoint, export, official .pth.tar or Hugging Face directory) or null, got ''")
 
@@ -117,6 +122,7 @@ def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
            f"must be <= data.subset={d.subset} (a batch is never partial), got {d.batch_size}")
     _check(d.dataset != "synthetic" or d.mix or d.batch_size <= d.synthetic_size, "data.batch_size",
            f"must be <= data.synthetic_size={d.synthetic_size}, got {d.batch_size}")
+    _check_epoch_length(d, t.accum_steps)
     _check_pair(d.crop_scale, "data.crop_scale", 0.0, 1.0)
     _check_pair(d.crop_ratio, "data.crop_ratio", 0.0, 100.0)
     for key in ("mean", "std"):
@@ -131,19 +137,8 @@ def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
     _check_pair(k.aspect_ratio, "masks.aspect_ratio", 0.0, 100.0)
     _check_masks(cfg, grid)
 
-    if ls.level_weights is None:
-        ls.level_weights = [1.0, 0.5, 0.25, 0.125][: m.num_hierarchies]
-    _check(len(ls.level_weights) == m.num_hierarchies, "loss.level_weights",
-           f"must have model.num_hierarchies={m.num_hierarchies} values, got {ls.level_weights}")
-    _check(all(0 <= w <= 1e6 for w in ls.level_weights), "loss.level_weights",
-           f"must be in [0, 1e6], got {ls.level_weights}")
-    for key, default in VICREG_DEFAULTS.items():
-        if ls.type == "combined" and getattr(ls, key) is None:
-            setattr(ls, key, default)
-    unused = [f"loss.{key}" for key in VICREG_DEFAULTS if ls.type != "combined" and getattr(ls, key) is not None]
-    if unused:
-        warnings.warn(f"{', '.join(unused)} set but loss.type is '{ls.type}': they are ignored "
-                      "(set loss.type: combined to use the VICReg term)", UserWarning, stacklevel=3)
+    _fill_level_weights(ls, m.num_hierarchies)
+    _fill_vicreg(ls)
 
     _check(all(0 <= b < 1 for b in o.betas), "optim.betas", f"must be in [0, 1), got {list(o.betas)}")
     _check(0 <= o.ema[0] <= o.ema[1] <= 1, "optim.ema",
@@ -162,6 +157,94 @@ def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
     heads = cfg.probe.attentive_heads or m.num_heads
     _check(m.embed_dim % heads == 0, "probe.attentive_heads", f"must divide model.embed_dim={m.embed_dim}, got {heads}")
     return cfg
+
+
+def _fill_level_weights(ls, levels: int):
+    """Default the level weights to halving; each must be in [0, 1e6] and together they must weigh something."""
+    if ls.level_weights is None:
+        ls.level_weights = [1.0, 0.5, 0.25, 0.125][:levels]
+    _check(len(ls.level_weights) == levels, "loss.level_weights",
+           f"must have model.num_hierarchies={levels} values, got {ls.level_weights}")
+    _check(all(0 <= w <= 1e6 for w in ls.level_weights), "loss.level_weights",
+           f"must be in [0, 1e6], got {ls.level_weights}")
+    _check(any(w > 0 for w in ls.level_weights), "loss.level_weights",
+           f"all {levels} weights of the model.num_hierarchies={levels} levels are 0, got {ls.level_weights}: "
+           "the loss would be 0 and nothing would train; give at least one level a weight > 0")
+
+
+def _fill_vicreg(ls):
+    """VICReg weights default with the combined loss and are warned about (unused) with any other."""
+    for key, default in VICREG_DEFAULTS.items():
+        if ls.type == "combined" and getattr(ls, key) is None:
+            setattr(ls, key, default)
+    unused = [f"loss.{key}" for key in VICREG_DEFAULTS if ls.type != "combined" and getattr(ls, key) is not None]
+    if unused:
+        warnings.warn(f"{', '.join(unused)} set but loss.type is '{ls.type}': they are ignored "
+                      "(set loss.type: combined to use the VICReg term)", UserWarning, stacklevel=4)
+
+
+def _strings(obj, path: str):
+    """``(key path, value)`` of every string in the config, inside sections and lists (data.mix[i].root)."""
+    if isinstance(obj, str):
+        yield path, obj
+    elif dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            yield from _strings(getattr(obj, f.name), f"{path}.{f.name}" if path else f.name)
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _strings(value, f"{path}[{i}]")
+
+
+def _check_text(cfg: Config):
+    """Every string encodes as UTF-8: names and paths become file names, and a lone surrogate cannot be written."""
+    for path, value in _strings(cfg, ""):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ConfigError(f"{path}: {value!r} is not valid text: the character {value[e.start]!r} at position "
+                              f"{e.start} cannot be written as UTF-8 (nor name a file); use valid UTF-8 text") from None
+
+
+def _check_mlp_width(m):
+    """Every block's MLP has int(width * model.mlp_ratio) hidden units (``jepa.models.vit.Block``): at least 1."""
+    for key, width in sorted((("model.pred_dim", m.pred_dim), ("model.embed_dim", m.embed_dim)), key=lambda kv: kv[1]):
+        hidden = int(width * m.mlp_ratio)
+        _check(hidden >= 1, "model.mlp_ratio",
+               f"{m.mlp_ratio:g} leaves the MLPs of the {key}={width} blocks int({width} * {m.mlp_ratio:g}) = "
+               f"{hidden} hidden units; use model.mlp_ratio >= {1 / width:.4g} so that {key} * model.mlp_ratio >= 1")
+
+
+def known_train_images(d) -> tuple[int, str] | None:
+    """How many training images ``data`` gives, where the config alone says (synthetic, fixed-size datasets,
+    a mixture of them; cut by data.subset), with where the number comes from; None when only loading tells."""
+    names = [p.name for p in d.mix] if d.mix else [d.dataset]
+    sizes = [d.synthetic_size if n == "synthetic" else TRAIN_SIZES.get(n) for n in names]
+    if None in sizes:
+        return None
+    counts = [min(n, d.subset) if d.subset is not None else n for n in sizes]
+    source = "the data.mix datasets" if d.mix else (
+        "data.synthetic_size" if d.dataset == "synthetic" else f"the {d.dataset} train split")
+    cut = f" with data.subset={d.subset}" if counts != sizes else ""
+    return sum(counts), source + cut
+
+
+def check_accum_steps(accum: int, batch_size: int, batches: int, where: str):
+    """An optimizer step accumulates training.accum_steps micro-batches, so an epoch must hold at least that many."""
+    _check(accum <= batches, "training.accum_steps",
+           f"{accum} micro-batches per optimizer step, but an epoch has only {batches} batch(es) of "
+           f"data.batch_size={batch_size} ({where}); use training.accum_steps <= {batches} or a smaller "
+           "data.batch_size")
+
+
+def _check_epoch_length(d, accum: int):
+    """Batch size and accumulation against the epoch length, where the config alone gives it (at most one process)."""
+    known = known_train_images(d)
+    if known is None:
+        return
+    images, where = known
+    _check(d.batch_size <= images, "data.batch_size",
+           f"must be <= the {images} training images of {where} (a batch is never partial), got {d.batch_size}")
+    check_accum_steps(accum, d.batch_size, images // d.batch_size, f"{images} training images of {where}")
 
 
 def _check_data_files(d, monitor_every: int):
