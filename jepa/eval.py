@@ -22,7 +22,6 @@ the run started from) and raw pixels. Features are cached per checkpoint file co
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -382,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jepa.eval", description=__doc__.splitlines()[0],
+    parser = cli.ArgumentParser(prog="python -m jepa.eval", description=__doc__.splitlines()[0],
                                      epilog="--probe.key value overrides a probe setting (docs/evaluation.md)")
     parser.add_argument("--checkpoint", required=True,
                         help="training checkpoint, exported encoder, official I-JEPA .pth.tar or Hugging Face "

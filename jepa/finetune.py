@@ -11,7 +11,6 @@ StopOnSignal. The test top-1 after the last step goes into the checkpoint's eval
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -253,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m jepa.finetune", description=__doc__.splitlines()[0],
         epilog="Settings: --finetune.key value (and --training.device, --logging.*, --checkpoint.*, ...); "
                "see docs/evaluation.md")

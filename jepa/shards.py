@@ -9,7 +9,6 @@ leaves shards that training refuses (no index) rather than a mix of old and new 
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -113,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jepa.shards", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m jepa.shards", description=__doc__.splitlines()[0])
     parser.add_argument("--src", required=True, help="the folder of class sub-folders (e.g. imagenet/train)")
     parser.add_argument("--out", required=True, help="where the shards and index.json go")
     parser.add_argument("--shard-size", default="1GB", help="about this many bytes a shard (default 1GB)")

@@ -8,7 +8,6 @@ Everything is fixed by the seed: the same checkpoint and seed give the same byte
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -233,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jepa.visualize", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m jepa.visualize", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="training checkpoint or exported encoder (.pt)")
     parser.add_argument("--dataset", help="dataset to draw from (default: the one trained on)")
     parser.add_argument("--data-root", help="where the dataset lives (default: the usual search path)")
