@@ -98,7 +98,7 @@ def test_help_still_prints_the_usage(capsys):
     from jepa.shards import main as shards_main
     assert exit_code(shards_main, ["--help"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: python -m jepa.shards") and "--num-shards" in out
+    assert out.startswith("usage: python -m jepa.shards") and "--force" in out
 
 
 def test_a_run_dir_that_is_a_file_is_one_line(tmp_path, capsys):
