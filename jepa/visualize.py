@@ -24,7 +24,7 @@ from jepa.datasets.decode import BadImageError
 from jepa.datasets.shards import ShardSet
 from jepa.device import pick_device
 from jepa.errors import ConfigError
-from jepa.eval import extract_features, load_source, random_init_encoder
+from jepa.eval import extract_features, load_source, random_init_encoder, run_data_root
 from jepa.transforms import EvalTransform
 
 log = logging.getLogger("jepa")
@@ -207,6 +207,7 @@ def visualize(checkpoint: str | Path, dataset: str | None = None, out: str | Pat
     name = dataset or cfg.data.dataset
     if cfg.data.mix and dataset is None:
         raise ConfigError(f"{checkpoint} was trained on a mixture (data.mix); choose one dataset with --dataset")
+    root = run_data_root(cfg, name) if root is None else root
     norm = model.normalization  # the training mean/std, also for another dataset
     cfg.data.dataset, cfg.data.mix, cfg.data.mean, cfg.data.std = name, None, list(norm["mean"]), list(norm["std"])
     if seed is not None:
@@ -235,7 +236,8 @@ def run(argv: list[str] | None = None) -> int:
     parser = cli.ArgumentParser(prog="python -m jepa.visualize", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="training checkpoint or exported encoder (.pt)")
     parser.add_argument("--dataset", help="dataset to draw from (default: the one trained on)")
-    parser.add_argument("--data-root", help="where the dataset lives (default: the usual search path)")
+    parser.add_argument("--data-root", help="where the dataset lives (default: the run's data.root for the dataset "
+                        "it trained on, else the usual search path)")
     parser.add_argument("--out", help="folder for the PNGs (default: <checkpoint>.pictures/ next to it)")
     parser.add_argument("--encoder", choices=("target", "context"), default="target")
     parser.add_argument("--only", default=",".join(PICTURES), help="comma-separated subset of " + ", ".join(PICTURES))
