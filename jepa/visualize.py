@@ -202,6 +202,8 @@ def visualize(checkpoint: str | Path, dataset: str | None = None, out: str | Pat
               epoch: int = 0, images: int = 8, queries: int = 6, neighbours: int = 8, gallery: int = 10000,
               only=PICTURES) -> dict[str, Path]:
     """Write the pictures of a checkpoint (or exported encoder) as PNGs; returns their paths."""
+    if epoch < 0:
+        raise ConfigError(f"--epoch must be >= 0 (the training epoch whose first batch shows the masks), got {epoch}")
     checkpoint = Path(checkpoint)
     cfg, model, _, _ = load_source(checkpoint, encoder, device)
     name = dataset or cfg.data.dataset
@@ -257,6 +259,8 @@ def run(argv: list[str] | None = None) -> int:
     for flag in ("images", "queries", "neighbours", "gallery"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.epoch < 0:
+        parser.error(f"--epoch must be >= 0, got {args.epoch}")
     written = visualize(args.checkpoint, args.dataset, args.out, args.data_root, args.encoder,
                         str(pick_device(args.device, "--device")), args.seed, args.epoch, args.images, args.queries,
                         args.neighbours, args.gallery, only)

@@ -6,7 +6,7 @@ from PIL import Image
 
 from jepa import pictures as pic
 from jepa import visualize as viz
-from jepa.config import load_config
+from jepa.config import ConfigError, load_config
 from jepa.masks import MaskSampler
 from jepa.train import Trainer
 
@@ -133,6 +133,15 @@ def test_visualize_cli(checkpoint, tmp_path, capsys):
     assert "missing.pt" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         viz.main(["--checkpoint", str(checkpoint), "--only", "masks,colours"])
+
+
+def test_a_negative_epoch_is_refused(checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        viz.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "p"), "--epoch", "-3"])
+    assert stop.value.code == 2 and "error: --epoch must be >= 0, got -3" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--epoch must be >= 0"):
+        viz.visualize(checkpoint, out=tmp_path / "p", epoch=-1)
+    assert not (tmp_path / "p").exists()
 
 
 def test_pictures_find_the_data_where_the_run_did(tmp_path_factory, tmp_path, monkeypatch, capsys):
