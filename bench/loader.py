@@ -108,7 +108,8 @@ def make_dataset(cache: Path, n: int, lo: int, hi: int, quality: int = 90, seed:
     print(f"writing {n} synthetic JPEGs into {spec} (once) ...", flush=True)
     with Pool(os.cpu_count()) as pool:
         pool.map(_write_photo, jobs, chunksize=16)
-    write_shards(spec / "folder" / "train", spec / "shards", num_shards=SHARDS, progress=False)
+    write_shards(spec / "folder" / "train", spec / "shards", num_shards=SHARDS, progress=False,
+                 force=True)  # this cache folder is the bench's own; an interrupted earlier write is replaced
     atomic_write_text(marker, json.dumps({"images": n, "sides": [lo, hi], "quality": quality, "seed": seed}))
     return spec
 

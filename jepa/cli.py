@@ -6,6 +6,7 @@ else is a bug and keeps its traceback; ``JEPA_DEBUG=1`` shows the traceback for 
 """
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import sys
@@ -14,6 +15,14 @@ from jepa.errors import UserError
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a usage error as one ``error:`` line and a pointer to ``--help`` (exit 2), not the usage block."""
+
+    def error(self, message: str):
+        print(f"error: {message}\n  see {self.prog} --help", file=sys.stderr)
+        raise SystemExit(EXIT_ERROR)
 
 
 def debug() -> bool:

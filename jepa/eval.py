@@ -22,7 +22,6 @@ the run started from) and raw pixels. Features are cached per checkpoint file co
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -245,6 +244,14 @@ def random_init_encoder(cfg, device):
     return enc.to(device).eval()
 
 
+def run_data_root(cfg, name: str) -> str | None:
+    """Where the run found dataset ``name`` (its ``data.root``, or the root of its ``data.mix`` part of that name),
+    so a run trained with ``--data.root X`` is evaluated without repeating it; None for another dataset."""
+    if cfg.data.mix:
+        return next((part.root for part in cfg.data.mix if part.name == name), None)
+    return cfg.data.root if name == cfg.data.dataset else None
+
+
 def evaluate(checkpoint: str | Path, dataset: str | None = None, protocol: str = "both", encoder: str = "target",
              features: str = "mean", baselines: bool = False, root: str | None = None,
              train_subset: int | None = None, test_subset: int | None = None, test_split: str = "test",
@@ -265,6 +272,7 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None, protocol: str =
     if overrides:
         cfg = config_from_dict(cfg.to_dict(), overrides)
     name = dataset or cfg.data.dataset
+    root = run_data_root(cfg, name) if root is None else root
     mean, std = trained.normalization["mean"], trained.normalization["std"]
     load = dict(channels=cfg.data.channels, image_size=cfg.data.image_size)
     train_ds = load_dataset(name, "train", root, subset=train_subset, **load)
@@ -382,13 +390,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jepa.eval", description=__doc__.splitlines()[0],
+    parser = cli.ArgumentParser(prog="python -m jepa.eval", description=__doc__.splitlines()[0],
                                      epilog="--probe.key value overrides a probe setting (docs/evaluation.md)")
     parser.add_argument("--checkpoint", required=True,
                         help="training checkpoint, exported encoder, official I-JEPA .pth.tar or Hugging Face "
                              "IJepaModel directory (docs/interop.md)")
     parser.add_argument("--dataset", help="labelled dataset to evaluate on (default: the one trained on)")
-    parser.add_argument("--data-root", help="where the dataset lives (default: the usual search path)")
+    parser.add_argument("--data-root", help="where the dataset lives (default: the run's data.root for the dataset "
+                        "it trained on, else the usual search path)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="both",
                         help="linear (L-BFGS) and knn on cached features (both), linear-sgd and attentive "
                              "streamed probes, or all (default: both)")

@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -151,7 +150,7 @@ def output_path(out: str | Path, fmt: str) -> Path:
 
 
 def run(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jepa.export", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m jepa.export", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True,
                         help="training checkpoint, export, official I-JEPA .pth.tar or Hugging Face directory")
     parser.add_argument("--out", required=True, help="output: a .safetensors file (jepa, timm) or a directory (hf)")

@@ -11,7 +11,6 @@ StopOnSignal. The test top-1 after the last step goes into the checkpoint's eval
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -30,7 +29,7 @@ from jepa.checkpoint import FORMAT, Checkpointer, restore_rng, rng_state
 from jepa.config import ConfigError, config_from_dict, parse_overrides
 from jepa.datasets import load_dataset
 from jepa.device import pick_precision, setup_process
-from jepa.eval import load_source, random_init_encoder, report_path, write_report
+from jepa.eval import load_source, random_init_encoder, report_path, run_data_root, write_report
 from jepa.export import read_encoder
 from jepa.io import atomic_write_text
 from jepa.metrics import TrainLogger
@@ -99,6 +98,7 @@ class Finetuner:
         self.transform = EvalTransform(cfg.data.image_size, mean, std)
         self.augment = training_augment(cfg, mean, std) if ft.augment else None
         self.dataset = dataset or cfg.data.dataset
+        root = run_data_root(cfg, self.dataset) if root is None else root
         load = dict(channels=cfg.data.channels, image_size=cfg.data.image_size)
         self.train_ds = load_dataset(self.dataset, "train", root, subset=train_subset, **load)
         self.test_ds = load_dataset(self.dataset, "test", root, subset=test_subset, **load)
@@ -253,13 +253,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m jepa.finetune", description=__doc__.splitlines()[0],
         epilog="Settings: --finetune.key value (and --training.device, --logging.*, --checkpoint.*, ...); "
                "see docs/evaluation.md")
     parser.add_argument("--checkpoint", required=True, help="training checkpoint or exported encoder (.pt)")
     parser.add_argument("--dataset", help="labelled dataset (default: the one pre-trained on)")
-    parser.add_argument("--data-root", help="where the dataset lives (default: the usual search path)")
+    parser.add_argument("--data-root", help="where the dataset lives (default: the run's data.root for the dataset "
+                        "it trained on, else the usual search path)")
     low = parser.add_mutually_exclusive_group()
     low.add_argument("--fraction", type=float, help="low-shot: this fraction of each class (e.g. 0.01 for 1 %%)")
     low.add_argument("--shots", type=int, help="low-shot: this many images per class")

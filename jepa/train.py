@@ -6,7 +6,6 @@ optimizer step → zero grads → EMA of the target encoder → logging.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -295,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m jepa.train", description=__doc__.splitlines()[0],
         epilog="Any config key can be overridden as --section.key value, e.g. --training.epochs 3")
     add_config_args(parser)

@@ -8,7 +8,6 @@ Everything is fixed by the seed: the same checkpoint and seed give the same byte
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from jepa.datasets.decode import BadImageError
 from jepa.datasets.shards import ShardSet
 from jepa.device import pick_device
 from jepa.errors import ConfigError
-from jepa.eval import extract_features, load_source, random_init_encoder
+from jepa.eval import extract_features, load_source, random_init_encoder, run_data_root
 from jepa.transforms import EvalTransform
 
 log = logging.getLogger("jepa")
@@ -203,11 +202,14 @@ def visualize(checkpoint: str | Path, dataset: str | None = None, out: str | Pat
               epoch: int = 0, images: int = 8, queries: int = 6, neighbours: int = 8, gallery: int = 10000,
               only=PICTURES) -> dict[str, Path]:
     """Write the pictures of a checkpoint (or exported encoder) as PNGs; returns their paths."""
+    if epoch < 0:
+        raise ConfigError(f"--epoch must be >= 0 (the training epoch whose first batch shows the masks), got {epoch}")
     checkpoint = Path(checkpoint)
     cfg, model, _, _ = load_source(checkpoint, encoder, device)
     name = dataset or cfg.data.dataset
     if cfg.data.mix and dataset is None:
         raise ConfigError(f"{checkpoint} was trained on a mixture (data.mix); choose one dataset with --dataset")
+    root = run_data_root(cfg, name) if root is None else root
     norm = model.normalization  # the training mean/std, also for another dataset
     cfg.data.dataset, cfg.data.mix, cfg.data.mean, cfg.data.std = name, None, list(norm["mean"]), list(norm["std"])
     if seed is not None:
@@ -233,10 +235,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jepa.visualize", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m jepa.visualize", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="training checkpoint or exported encoder (.pt)")
     parser.add_argument("--dataset", help="dataset to draw from (default: the one trained on)")
-    parser.add_argument("--data-root", help="where the dataset lives (default: the usual search path)")
+    parser.add_argument("--data-root", help="where the dataset lives (default: the run's data.root for the dataset "
+                        "it trained on, else the usual search path)")
     parser.add_argument("--out", help="folder for the PNGs (default: <checkpoint>.pictures/ next to it)")
     parser.add_argument("--encoder", choices=("target", "context"), default="target")
     parser.add_argument("--only", default=",".join(PICTURES), help="comma-separated subset of " + ", ".join(PICTURES))
@@ -256,6 +259,8 @@ def run(argv: list[str] | None = None) -> int:
     for flag in ("images", "queries", "neighbours", "gallery"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.epoch < 0:
+        parser.error(f"--epoch must be >= 0, got {args.epoch}")
     written = visualize(args.checkpoint, args.dataset, args.out, args.data_root, args.encoder,
                         str(pick_device(args.device, "--device")), args.seed, args.epoch, args.images, args.queries,
                         args.neighbours, args.gallery, only)

@@ -16,7 +16,7 @@ from jepa.datasets import load_dataset
 from jepa.train import Trainer
 from jepa.transforms import EvalTransform
 
-from small_config import SMALL_BASE, stopped_run_checkpoint
+from small_config import SMALL_BASE, own_data_root_run_checkpoint, stopped_run_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {**SMALL_BASE, "data.batch_size": "32", "data.subset": "128"}
@@ -28,6 +28,22 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return stopped_run_checkpoint(tmp_path_factory, SMALL)
+
+
+def test_eval_finds_the_data_where_the_run_did_and_an_explicit_data_root_wins(tmp_path_factory, tmp_path,
+                                                                            monkeypatch, capsys):
+    checkpoint, root = own_data_root_run_checkpoint(tmp_path_factory)
+    monkeypatch.delenv("JEPA_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./data/imagefolder: only the run's data.root holds the images
+    assert jeval.main(["--checkpoint", str(checkpoint), "--no-progress", "--no-cache", "--protocol", "knn"]) == 0
+    report = json.loads(jeval.report_path(checkpoint, "imagefolder").read_text())
+    assert report["train_images"] == 24 and report["test_images"] == 12
+    capsys.readouterr()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert jeval.main(["--checkpoint", str(checkpoint), "--no-progress", "--no-cache", "--protocol", "knn",
+                       "--data-root", str(elsewhere)]) == 2
+    assert str(elsewhere) in capsys.readouterr().err
 
 
 def test_knn_votes_are_temperature_weighted_cosine():

@@ -12,7 +12,7 @@ from jepa.finetune import Classifier, Finetuner, finetune_config, layer_of, main
 from jepa.optim import layer_decay_groups, set_schedule
 from jepa.train import Trainer
 
-from small_config import stopped_run_checkpoint
+from small_config import own_data_root_run_checkpoint, stopped_run_checkpoint
 
 SMALL = {"model.embed_dim": "32", "model.depth": "2", "model.num_heads": "2", "model.pred_dim": "16",
          "model.pred_depth": "1", "model.pred_heads": "2", "masks.min_keep": "4", "data.batch_size": "32",
@@ -118,6 +118,19 @@ def test_finetune_cli(checkpoint, tmp_path, capsys):
     assert "model.depth" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(checkpoint), "--shots", "2", "--fraction", "0.1"])
+
+
+def test_finetune_finds_the_data_where_the_run_did(tmp_path_factory, tmp_path, monkeypatch, capsys):
+    checkpoint, root = own_data_root_run_checkpoint(tmp_path_factory)
+    monkeypatch.delenv("JEPA_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./data/imagefolder: only the run's data.root holds the images
+    assert main(["--checkpoint", str(checkpoint), "--shots", "2", "--run-dir", str(tmp_path / "ft"),
+                 "--finetune.lowshot_epochs", "1", "--finetune.batch_size", "6", "--logging.progress", "false",
+                 "--logging.tensorboard", "false"]) == 0
+    assert "finetune_shots2: test top-1" in capsys.readouterr().out
+    assert main(["--checkpoint", str(checkpoint), "--shots", "2", "--run-dir", str(tmp_path / "ft2"),
+                 "--data-root", str(tmp_path / "nowhere"), "--logging.progress", "false"]) == 2
+    assert "nowhere" in capsys.readouterr().err
 
 
 def test_downstream_benchmark_smoke(checkpoint, tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """Every user error is one line and exit 2; damaged checkpoints are caught; nothing is overwritten; non-finite
 state stops the run; a second signal still exits cleanly."""
 import errno
+import importlib
 import os
 import signal
 import subprocess
@@ -74,6 +75,30 @@ def test_train_errors_are_one_line_and_exit_2(argv, words, tmp_path, capsys, mon
     code = exit_code(train_main, argv + ["--run-dir", str(tmp_path / "r"), "--logging.progress", "false"])
     err = capsys.readouterr().err
     assert code == 2 and words in one_error_line(err)
+
+
+@pytest.mark.parametrize("module, argv, words", [
+    ("train", ["--resume"], "argument --resume: expected one argument"),
+    ("eval", ["--checkpoint", "x.pt", "--protocol", "nope"], "argument --protocol: invalid choice: 'nope'"),
+    ("export", ["--checkpoint", "x.pt"], "the following arguments are required: --out"),
+    ("finetune", ["--checkpoint", "x.pt", "--shots", "2", "--fraction", "0.1"], "not allowed with argument"),
+    ("visualize", ["--checkpoint", "x.pt", "--images", "many"], "argument --images: invalid int value: 'many'"),
+    ("shards", ["--src", "a"], "the following arguments are required: --out"),
+])
+def test_usage_errors_of_every_cli_are_one_line_and_a_help_pointer(module, argv, words, capsys):
+    code = exit_code(importlib.import_module(f"jepa.{module}").main, argv)
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert code == 2 and len(lines) == 2 and lines[0].startswith("error: ")
+    assert lines[1] == f"  see python -m jepa.{module} --help"
+    assert words in err and "usage:" not in err
+
+
+def test_help_still_prints_the_usage(capsys):
+    from jepa.shards import main as shards_main
+    assert exit_code(shards_main, ["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m jepa.shards") and "--force" in out
 
 
 def test_a_run_dir_that_is_a_file_is_one_line(tmp_path, capsys):

@@ -92,7 +92,7 @@ def test_rerun_rewrites_atomically_removes_stale_shards_and_writes_the_index_las
         return original(path, samples, bar)
     monkeypatch.setattr(writer, "write_shard", dies_on_the_third)
     with pytest.raises(KeyboardInterrupt):
-        writer.write_shards(source, out, num_shards=8, seed=7, progress=False)
+        writer.write_shards(source, out, num_shards=8, seed=7, progress=False, force=True)
     assert not (out / "index.json").exists(), "an interrupted re-run left the old index beside new shards"
     assert sorted(p.name for p in out.iterdir()) == sorted(before), "a temp file or half shard was left"
     for name, data in before.items():  # every shard is complete: old or new, never half-written
@@ -100,7 +100,7 @@ def test_rerun_rewrites_atomically_removes_stale_shards_and_writes_the_index_las
     with pytest.raises(DatasetNotFoundError, match="no shard index"):
         load_shards(pattern(out), None, 3, 16)
     monkeypatch.setattr(writer, "write_shard", original)
-    writer.write_shards(source, out, num_shards=3, progress=False)
+    writer.write_shards(source, out, num_shards=3, progress=False, force=True)
     assert sorted(p.name for p in out.glob("shard-*.tar")) == [f"shard-{k:06d}.tar" for k in range(3)]
     assert [s["samples"] for s in json.loads((out / "index.json").read_text())["shards"]] == [16, 16, 16]
 
@@ -115,6 +115,50 @@ def test_writer_splits_by_size_and_the_cli_reports(source, tmp_path, capsys):
     assert "not a folder" in capsys.readouterr().err
     assert writer.main(["--src", str(source), "--out", str(tmp_path / "o3"), "--shard-size", "1 XB"]) == 2
     assert "expected a positive size like 1GB" in capsys.readouterr().err
+
+
+def test_shards_already_in_out_stop_the_command_before_it_writes_unless_force(source, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--src", str(source), "--out", str(out), "--no-progress"]
+    assert writer.main(args + ["--num-shards", "10"]) == 0
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert writer.main(args + ["--num-shards", "3", "--seed", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "index.json, shard-000000.tar … shard-000009.tar (10 shards)" in err and "--force" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "a refused run changed the folder"
+    assert writer.main(args + ["--num-shards", "3", "--seed", "5", "--force"]) == 0
+    said = capsys.readouterr().out
+    assert "replacing index.json, shard-000000.tar … shard-000002.tar (3 shards)" in said
+    assert "removing shard-000003.tar … shard-000009.tar (7 shards)" in said
+    assert sorted(p.name for p in out.iterdir()) == ["index.json", "notes.txt"] + [f"shard-{k:06d}.tar" for k in range(3)]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_name_files_gives_runs_of_shards_as_ranges():
+    names = ["index.json"] + [f"shard-{k:06d}.tar" for k in (0, 1, 2, 5, 7, 8)]
+    assert writer.name_files(names) == ("index.json, shard-000000.tar … shard-000002.tar (3 shards), "
+                                        "shard-000005.tar, shard-000007.tar … shard-000008.tar (2 shards)")
+
+
+@pytest.mark.parametrize("inside", ["", "c0", "new/deeper"])
+def test_out_in_or_inside_src_is_refused_naming_both(source, inside, capsys):
+    out = source / inside if inside else source
+    before = sorted(p for p in source.rglob("*"))
+    assert writer.main(["--src", str(source), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}" in err and f"--src {source}" in err and "outside" in err
+    assert sorted(p for p in source.rglob("*")) == before
+
+
+def test_more_shards_than_images_is_refused(source, tmp_path, capsys):
+    assert writer.main(["--src", str(source), "--out", str(tmp_path / "o"), "--num-shards", "49"]) == 2
+    err = capsys.readouterr().err
+    assert "--num-shards 49" in err and "only 48 images" in err and "48 or fewer" in err
+    assert not (tmp_path / "o").exists()
+    assert writer.main(["--src", str(source), "--out", str(tmp_path / "o"), "--num-shards", "48", "--no-progress"]) == 0
+    assert "into 48 shards" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("text,size", [("1GB", 10**9), ("512MiB", 2**29), ("1.5g", 1_500_000_000), ("100", 100)])

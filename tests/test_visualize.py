@@ -6,11 +6,11 @@ from PIL import Image
 
 from jepa import pictures as pic
 from jepa import visualize as viz
-from jepa.config import load_config
+from jepa.config import ConfigError, load_config
 from jepa.masks import MaskSampler
 from jepa.train import Trainer
 
-from small_config import stopped_run_checkpoint
+from small_config import own_data_root_run_checkpoint, stopped_run_checkpoint
 
 SMALL = {"model.embed_dim": "32", "model.depth": "2", "model.num_heads": "2", "model.pred_dim": "16",
          "model.pred_depth": "1", "model.pred_heads": "2", "masks.min_keep": "4", "data.batch_size": "32",
@@ -133,6 +133,27 @@ def test_visualize_cli(checkpoint, tmp_path, capsys):
     assert "missing.pt" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         viz.main(["--checkpoint", str(checkpoint), "--only", "masks,colours"])
+
+
+def test_a_negative_epoch_is_refused(checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        viz.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "p"), "--epoch", "-3"])
+    assert stop.value.code == 2 and "error: --epoch must be >= 0, got -3" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--epoch must be >= 0"):
+        viz.visualize(checkpoint, out=tmp_path / "p", epoch=-1)
+    assert not (tmp_path / "p").exists()
+
+
+def test_pictures_find_the_data_where_the_run_did(tmp_path_factory, tmp_path, monkeypatch, capsys):
+    checkpoint, root = own_data_root_run_checkpoint(tmp_path_factory)
+    monkeypatch.delenv("JEPA_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./data/imagefolder: only the run's data.root holds the images
+    assert viz.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "p"), "--only", "retrieval",
+                     "--gallery", "20", "--device", "cpu"]) == 0
+    assert (tmp_path / "p" / "retrieval.png").is_file()
+    assert viz.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "q"), "--only", "retrieval",
+                     "--data-root", str(tmp_path / "nowhere"), "--device", "cpu"]) == 2
+    assert "nowhere" in capsys.readouterr().err
 
 
 def tb_images(run_dir):
