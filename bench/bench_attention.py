@@ -1,6 +1,6 @@
 """Attention kernels on this device: time of forward + backward, of forward alone, and error against float64.
 
-Usage: ``python bench/bench_attention.py [--dtype bfloat16] [--reps 20] [--threads N] [--device cpu]``
+Usage: ``python bench/bench_attention.py [--dtype bfloat16] [--reps 20] [--threads N] [--device cpu] [--out FILE]``
 
 Kernels: SDPA's fused kernel (``flash``), SDPA's math kernel (``sdpa-math``, what ``model.attention: sdpa``
 runs on CPU where ``jepa.models.attention.cpu_sdpa_math_kernel`` says so), and the explicit
@@ -12,9 +12,7 @@ cannot run here (e.g. SDPA's flash kernel for fp32 on CUDA) shows "n/a".
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,8 +20,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import harness  # noqa: E402
 from jepa.models.attention import CPU_BF16_MATH_MAX_KEYS, math_attention  # noqa: E402
-from jepa.profiling import synchronize  # noqa: E402
 
 SHAPES = [(128, 3, 49, 64), (128, 3, 14, 64), (512, 3, 23, 32), (64, 3, 96, 64), (39, 3, 160, 64),
           (64, 12, 197, 64)]
@@ -56,16 +54,7 @@ def measure(fn, shape, dtype, device, reps):
             fn(q, k, v)
 
     def median_ms(step):
-        for _ in range(3):
-            step()
-        times = []
-        for _ in range(reps):
-            synchronize(device)
-            t0 = time.perf_counter()
-            step()
-            synchronize(device)
-            times.append(time.perf_counter() - t0)
-        return 1e3 * sorted(times)[len(times) // 2]
+        return 1e3 * harness.time_calls(step, reps, warmup=3, device=device).median
 
     try:
         both, fwd = median_ms(train_step), median_ms(forward)
@@ -75,31 +64,43 @@ def measure(fn, shape, dtype, device, reps):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         ref = math_attention(q.double(), k.double(), v.double())
         err = (fn(q, k, v).double() - ref).abs().max().item()
-    return both, fwd, err
+    return {"fwd_bwd_ms": both, "fwd_ms": fwd, "max_abs_err": err}
+
+
+def table(rows: list[dict]) -> str:
+    """One line per shape: each kernel's fwd+bwd ms, fwd ms and error, then flash / sdpa-math ratios."""
+    lines = ["| B, H, N, d | " + " | ".join(f"{k} fwd+bwd ms | {k} fwd ms | {k} err" for k in KERNELS)
+             + " | fwd+bwd: flash / sdpa-math | fwd: flash / sdpa-math |",
+             "|---|" + "---:|---:|---:|" * len(KERNELS) + "---:|---:|"]
+    for row in rows:
+        res = row["kernels"]
+        cells = " | ".join("n/a | n/a | n/a" if r is None else
+                           f"{r['fwd_bwd_ms']:.2f} | {r['fwd_ms']:.2f} | {r['max_abs_err']:.3f}" for r in res.values())
+        f, m = res["flash"], res["sdpa-math"]
+        ratios = ("n/a | n/a" if f is None or m is None else
+                  f"{f['fwd_bwd_ms'] / m['fwd_bwd_ms']:.2f} | {f['fwd_ms'] / m['fwd_ms']:.2f}")
+        lines.append(f"| {', '.join(map(str, row['shape']))} | {cells} | {ratios} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--threads", type=int)
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    p = harness.parser(__doc__)
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    harness.add_timing(p, reps=20, help="timed calls per kernel and shape, the median kept")
+    harness.add_threads(p)
+    harness.add_device(p)
+    harness.add_out(p)
+    args = harness.parse(p, argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    print(f"{args.dtype} on {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"CPU_BF16_MATH_MAX_KEYS = {CPU_BF16_MATH_MAX_KEYS}\n")
-    print("| B, H, N, d | " + " | ".join(f"{k} fwd+bwd ms | {k} fwd ms | {k} err" for k in KERNELS)
-          + " | fwd+bwd: flash / sdpa-math | fwd: flash / sdpa-math |")
-    print("|---|" + "---:|---:|---:|" * len(KERNELS) + "---:|---:|")
+    rows = []
     for shape in SHAPES:
-        res = {name: measure(fn, shape, dtype, device, args.reps) for name, fn in KERNELS.items()}
-        cells = " | ".join("n/a | n/a | n/a" if r is None else f"{r[0]:.2f} | {r[1]:.2f} | {r[2]:.3f}"
-                           for r in res.values())
-        f, m = res["flash"], res["sdpa-math"]
-        ratios = "n/a | n/a" if f is None or m is None else f"{f[0] / m[0]:.2f} | {f[1] / m[1]:.2f}"
-        print(f"| {', '.join(map(str, shape))} | {cells} | {ratios} |", flush=True)
+        print(f"{', '.join(map(str, shape))} ...", flush=True)
+        rows.append({"shape": shape, "kernels": {name: measure(fn, shape, dtype, device, args.reps)
+                                                 for name, fn in KERNELS.items()}})
+    record = {"dtype": args.dtype, "device": str(device), "cpu_bf16_math_max_keys": CPU_BF16_MATH_MAX_KEYS,
+              "reps": args.reps, "rows": rows}
+    harness.write_record(args.out, record, f"{args.dtype} on {device}; CPU_BF16_MATH_MAX_KEYS = "
+                                           f"{CPU_BF16_MATH_MAX_KEYS}\n\n{table(rows)}", device=device)
     return 0
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import jepa_kernels
-from bench.reference_step import ema_update as reference_ema
+from bench.reference_code_step import ema_update as reference_ema
 
 MODELS = {"vit_s": (12, 384), "vit_b": (12, 768), "vit_l": (24, 1024)}
 MOMENTUM = 0.996

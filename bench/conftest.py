@@ -13,6 +13,8 @@ Inputs have the dtypes the model produces: fp32 context tokens for the gather an
 the loss (the residual stream is fp32 under autocast), predictions in the autocast dtype (bf16 on
 CUDA, fp32 on CPU).  These are CPU benchmarks first: on a GPU, ``bench/gpu_check.sh`` measures the
 kernels at realistic sizes with the L2 cache flushed (B = 128 here fits in a GPU's L2).
+The machine is named as in every bench record (``bench/harness.py``): in each benchmark's ``extra_info``
+and in the ``machine_info`` of ``--benchmark-json`` / ``--benchmark-autosave``.
 """
 import os
 from fnmatch import fnmatch
@@ -23,6 +25,7 @@ import pytest
 import torch
 
 import jepa_kernels
+from bench import harness
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -77,6 +80,12 @@ def pytest_pycollect_makemodule(module_path, parent):
     return None
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """pytest-benchmark's saved JSON carries the harness's machine line beside its own fields."""
+    machine_info["jepa_machine"] = harness.machine(DEVICE)
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "impls(extra=(), exclude=()): change the implementations an ``impl`` benchmark runs"
@@ -110,7 +119,7 @@ def run_bench(benchmark):
             jepa_kernels.set_backend(impl)
         benchmark.group = group
         benchmark.extra_info.update(
-            impl=impl, bytes=int(nbytes), device=str(DEVICE), scale=SCALE, **info
+            impl=impl, bytes=int(nbytes), device=str(DEVICE), machine=harness.machine(DEVICE), scale=SCALE, **info
         )
         if CUDA:
             iters = 10

@@ -17,7 +17,6 @@ both commands (only ``--probe.*`` to the evaluation).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from jepa import eval as jeval  # noqa: E402
 from jepa import finetune as jft  # noqa: E402
-from bench.records import machine, split_passthrough, write_record  # noqa: E402
+from bench import harness  # noqa: E402
 
 NAME = "downstream_fashion_mnist"
 
@@ -61,7 +60,7 @@ def markdown(result: dict) -> str:
     lines = [f"# Fashion-MNIST downstream evaluation ({result['checkpoint']}, step {report['step']})", "",
              jeval.format_table(report), "",
              f"- {report['train_images']} train / {report['test_images']} test images, {report['encoder']} "
-             f"encoder, {report['features']} features; {result['machine']}",
+             f"encoder, {report['features']} features",
              "- protocols: docs/evaluation.md (fixed; probe and fine-tuning settings in the JSON)",
              "- wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())]
     if result["overrides"]:
@@ -70,15 +69,15 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    own, extra = split_passthrough(argv)
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    own, extra = harness.split_passthrough(argv)
+    ap = harness.parser(__doc__)
     ap.add_argument("--checkpoint", required=True, help="pre-training checkpoint (e.g. the README main job's)")
-    ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    harness.add_out_dir(ap)
     ap.add_argument("--skip-random-finetune", action="store_true", help="no from-scratch fine-tuning baselines")
     ap.add_argument("--train-subset", type=int, help="first N train images only (smoke runs)")
     ap.add_argument("--test-subset", type=int, help="first N test images only (smoke runs)")
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args(own)
+    harness.add_device(ap)
+    args = harness.parse(ap, own)
     checkpoint = Path(args.checkpoint)
     subsets = [f for flag, v in (("--train-subset", args.train_subset), ("--test-subset", args.test_subset))
                if v is not None for f in (flag, str(v))]
@@ -100,9 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             timed(label, lambda s=shots, i=init: finetune(checkpoint, ft_extra, subsets, run_root, s, i), times)
 
     report = json.loads(jeval.report_path(checkpoint, "fashion_mnist").read_text())
-    result = {"checkpoint": str(checkpoint), "overrides": extra, "seconds": times, "report": report,
-              "machine": machine()}
-    write_record(args.out_dir, NAME, result, markdown(result))
+    result = {"checkpoint": str(checkpoint), "overrides": extra, "seconds": times, "report": report}
+    harness.write_record(Path(args.out_dir) / f"{NAME}.json", result, markdown(result), device=args.device)
     return 0
 
 

@@ -13,10 +13,8 @@ ViT on CPU with the same code path.  Needs only torch (and Triton for the kernel
 """
 from __future__ import annotations
 
-import argparse
 import json
 from importlib import metadata
-import os
 import platform
 import re
 import shutil
@@ -32,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from jepa.io import atomic_write_text  # noqa: E402
+from bench import harness  # noqa: E402
 
 STEP_CONFIG = ROOT / "configs" / "bench_vitb16_224.yaml"
 SMOKE_OVERRIDES = {
@@ -61,13 +59,7 @@ def env_text() -> str:
                          f"{p.multi_processor_count} SMs")
     else:
         lines.append("gpu: none visible to torch")
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    lines.append(f"cpu: {cpu}, {os.cpu_count()} cores")
+    lines.append(f"machine: {harness.machine()}")
     lines.append("C compiler (Triton builds its launcher with one): "
                  + (", ".join(f"{c}={shutil.which(c)}" for c in ("cc", "gcc", "clang") if shutil.which(c)) or "NONE"))
     for dist in ("pytest", "numpy", "PyYAML", "timm", "transformers", "xformers"):
@@ -85,17 +77,6 @@ def env_text() -> str:
 
 # ------------------------------------------------------------------ step
 
-def small_matmul_peak(device, dtype, reps: int = 4) -> float:
-    """The smoke test's stand-in for the 2048² / 8192² matmul peak (a tiny CPU needs no minute for it)."""
-    a, b = torch.randn(256, 256).to(dtype), torch.randn(256, 256).to(dtype)
-    best = float("inf")
-    for _ in range(reps + 1):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * 256 ** 3 / best
-
-
 def step(variant: str, smoke: bool) -> dict:
     from bench import throughput
     from bench.residual_dtype import residual_in_compute_dtype
@@ -104,14 +85,15 @@ def step(variant: str, smoke: bool) -> dict:
     overrides = dict(throughput.BENCH_OVERRIDES)
     if smoke:
         overrides.update(SMOKE_OVERRIDES)
-        throughput.matmul_peak = small_matmul_peak
     overrides["training.compile"] = "true" if variant == "compiled" else "false"
     if smoke and variant == "compiled":  # dynamo + AOTAutograd as on the GPU, without minutes of C++ codegen
         compile_module = torch.nn.Module.compile
         torch.nn.Module.compile = lambda self, mode=None, **kw: compile_module(self, backend="aot_eager")
     cfg = load_config(STEP_CONFIG, overrides)
-    args = SimpleNamespace(warmup=1 if smoke else 3, steps=2 if smoke else 10, phase_steps=0, reference=False)
-    needed = args.warmup + args.steps + throughput.PROFILED_STEPS
+    # smoke: 256² matmuls stand in for the peak (a tiny CPU needs no minute for it)
+    args = SimpleNamespace(warmup=1 if smoke else 3, reps=2 if smoke else 10, phase_steps=0, reference=False,
+                           peak_size=256 if smoke else None)
+    needed = args.warmup + args.reps + throughput.PROFILED_STEPS
     with tempfile.TemporaryDirectory(prefix="jepa-gpu-check-") as tmp:
         trainer = throughput.build_trainer(cfg, needed, Path(tmp), reference=False)
         if variant == "residual-bf16":
@@ -221,19 +203,19 @@ def summary(folder: Path) -> str:
 # ------------------------------------------------------------------ main
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = harness.parser(__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("env")
-    e.add_argument("--out", required=True)
+    harness.add_out(e, "the text file to write", required=True)
     s = sub.add_parser("step")
     s.add_argument("--variant", choices=("eager", "compiled", "residual-bf16"), required=True)
     s.add_argument("--jsonl", required=True, help="append the record here")
     s.add_argument("--smoke", action="store_true")
     m = sub.add_parser("summary")
     m.add_argument("folder")
-    args = p.parse_args(argv)
+    args = harness.parse(p, argv)
     if args.cmd == "env":
-        atomic_write_text(Path(args.out), env_text())
+        harness.write_text(args.out, env_text())
     elif args.cmd == "step":
         record = step(args.variant, args.smoke)
         print(json.dumps(record))
@@ -241,7 +223,7 @@ def main(argv=None) -> int:
             f.write(json.dumps(record) + "\n")
     else:
         text = summary(Path(args.folder))
-        atomic_write_text(Path(args.folder) / "summary.md", text)
+        harness.write_text(Path(args.folder) / "summary.md", text)
         print(text)
     return 0
 

@@ -13,9 +13,6 @@ timed alone after a 512 MiB write that flushes the L2 cache, as a fraction of th
 """
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,7 +27,7 @@ from jepa_kernels import dispatch  # noqa: E402
 from jepa_kernels.ema import ema_update_now  # noqa: E402
 from jepa_kernels.gather import masked_gather_backward_op  # noqa: E402
 from jepa_kernels.target_loss import masked_target_loss_op  # noqa: E402
-from jepa.io import atomic_write_text  # noqa: E402
+from bench import harness  # noqa: E402
 
 VIT = {"vit_b": (12, 768), "vit_h": (32, 1280)}
 
@@ -170,28 +167,10 @@ class Timer:
 
     def __init__(self, device, reps: int):
         self.device, self.reps = device, reps
-        self.flush = torch.empty(128 << 20, dtype=torch.float32, device=device) if device.type == "cuda" else None
 
     def __call__(self, fn) -> float:
-        fn()
-        if self.device.type != "cuda":
-            best = float("inf")
-            for _ in range(self.reps):
-                t0 = time.perf_counter()
-                fn()
-                best = min(best, time.perf_counter() - t0)
-            return best
-        torch.cuda.synchronize()
-        pairs = []
-        for _ in range(self.reps):
-            self.flush.zero_()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            pairs.append((start, end))
-        torch.cuda.synchronize()
-        return statistics.median(s.elapsed_time(e) for s, e in pairs) / 1e3
+        timing = harness.time_calls(fn, self.reps, device=self.device, flush_l2=True)
+        return timing.median if self.device.type == "cuda" else timing.best
 
 
 def with_backend(name, fn):
@@ -292,14 +271,9 @@ def ema_host_us(device, calls: int) -> float:
     os_ = [torch.randn(s, device=device) for s in shapes]
     mom = torch.tensor(0.996, dtype=torch.float64, device=device)
     jepa_kernels.ema_update_(ts, os_, mom)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        jepa_kernels.ema_update_(ts, os_, mom)
-    host = (time.perf_counter() - t0) / calls
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    harness.synchronize(device)
+    host = harness.time_calls(lambda: jepa_kernels.ema_update_(ts, os_, mom), 1, warmup=0, calls=calls).best
+    harness.synchronize(device)  # device=None above: the GPU runs behind, only the host is timed
     return host * 1e6
 
 
@@ -350,17 +324,18 @@ def token_count_variants(device) -> int | None:
 # ------------------------------------------------------------------ main
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="JSON file to write")
+    p = harness.parser(__doc__)
+    harness.add_out(p, "JSON file to write (bench/gpu_check.py summary turns it into tables)", required=True)
     p.add_argument("--smoke", action="store_true", help="CPU, shrunken sizes, Triton interpreter")
-    args = p.parse_args(argv)
+    args = harness.parse(p, argv)
     cuda = torch.cuda.is_available() and not args.smoke
     if args.smoke and not dispatch.interpreting():
         print("--smoke needs TRITON_INTERPRET=1 in the environment (bench/gpu_check.sh --smoke sets it)")
         return 2
     device = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(0)
-    result = {"device": torch.cuda.get_device_name() if cuda else "cpu (Triton interpreter)", "smoke": args.smoke}
+    result = {"device": harness.device_name(device) if cuda else "cpu (Triton interpreter)", "smoke": args.smoke,
+              "machine": harness.machine(device)}
     t0 = time.time()
     dtypes = [torch.float32, torch.bfloat16] if cuda else [torch.float32, torch.float16]
     result["correctness"] = correctness(device, dtypes, (4, 256, 1280, 100) if cuda else (2, 24, 768, 9))
@@ -375,7 +350,7 @@ def main(argv=None) -> int:
     result["pageable_htod_copies_after_first_call"] = pageable_copies(device)
     result["gather_variants_compiled_for_4_token_counts"] = token_count_variants(device)
     result["seconds"] = time.time() - t0
-    atomic_write_text(Path(args.out), json.dumps(result, indent=1))
+    harness.write_json(args.out, result)
     return 0 if all(r["ok"] for r in result["correctness"]) else 1
 
 

@@ -23,8 +23,6 @@ All pipelines crop with scale 0.3-1.0 and ratio 3/4-4/3, flip with p = 0.5, at `
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import random
@@ -43,12 +41,10 @@ from torch.utils.data import DataLoader, Dataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.throughput import device_name, results_dir  # noqa: E402
+from bench import harness  # noqa: E402
 from jepa.config import load_config  # noqa: E402
 from jepa.data import TrainBatches  # noqa: E402
 from jepa.datasets.folder import load_imagefolder  # noqa: E402
-from jepa.io import atomic_write_text  # noqa: E402
-from jepa.profiling import cpu_flags  # noqa: E402
 from jepa.shards import write_shards  # noqa: E402
 
 SCALE, RATIO = (0.3, 1.0), (3 / 4, 4 / 3)
@@ -110,7 +106,7 @@ def make_dataset(cache: Path, n: int, lo: int, hi: int, quality: int = 90, seed:
         pool.map(_write_photo, jobs, chunksize=16)
     write_shards(spec / "folder" / "train", spec / "shards", num_shards=SHARDS, progress=False,
                  force=True)  # this cache folder is the bench's own; an interrupted earlier write is replaced
-    atomic_write_text(marker, json.dumps({"images": n, "sides": [lo, hi], "quality": quality, "seed": seed}))
+    harness.write_json(marker, {"images": n, "sides": [lo, hi], "quality": quality, "seed": seed})
     return spec
 
 
@@ -224,10 +220,6 @@ def reduced_decode_fraction(spec: Path, args, draws: int = 2000) -> float:
     return reduced / draws
 
 
-def cpu_features() -> str:
-    return " ".join(cpu_flags(("sse4_2", "avx2", "avx512f", "avx512_bf16", "amx_tile"))) or "unknown"
-
-
 def table(rows: list[dict]) -> str:
     ref = {r["workers"]: r["images_per_s"] for r in rows if r["pipeline"] == "reference"}
     lines = ["| pipeline | workers | images/s | images/s per worker | vs reference |", "|---|---:|---:|---:|---:|"]
@@ -251,7 +243,8 @@ def run(args) -> dict:
     per_worker = ours[0] if ours else statistics.mean(r["images_per_s_per_worker"] for r in rows
                                                        if r["pipeline"] == "ours, folder")
     return {
-        "device": device_name(torch.device("cpu")), "cpu_features": cpu_features(), "torch": torch.__version__,
+        "device": harness.device_name("cpu"), "torch": torch.__version__,
+        "cpu_features": harness.cpu_features(("sse4_2", "avx2", "avx512f", "avx512_bf16", "amx_tile")),
         "pillow": PIL.__version__, "libjpeg_turbo": features.version("libjpeg_turbo"),
         "settings": {"images": args.images, "sides": [args.min_side, args.max_side], "jpeg_quality": 90,
                      "image_size": args.image_size, "batch_size": args.batch_size, "batches": args.batches,
@@ -276,7 +269,7 @@ def markdown(record: dict) -> str:
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(prog="python bench/loader.py", description=__doc__.splitlines()[0])
+    p = harness.parser(__doc__, prog="python bench/loader.py")
     p.add_argument("--images", type=int, default=2560, help="synthetic JPEGs (default 2560)")
     p.add_argument("--min-side", type=int, default=300)
     p.add_argument("--max-side", type=int, default=600)
@@ -287,9 +280,9 @@ def parse(argv):
     p.add_argument("--workers", default="1,2", help="loader worker counts, comma-separated (default 1,2)")
     p.add_argument("--cache", default=os.environ.get("JEPA_BENCH_CACHE", "~/.cache/jepa/loader-bench"),
                    help="where the synthetic images are kept between runs")
-    p.add_argument("--out", help="JSON output (default bench/results/<cpu>/loader.json); markdown beside it")
+    harness.add_out(p, "JSON output (default bench/results/<cpu>/loader.json); markdown beside it")
     p.add_argument("--quick", action="store_true", help="smoke run: 48 small images, 32 px crops, 1 worker")
-    args = p.parse_args(argv)
+    args = harness.parse(p, argv)
     if args.quick:
         args.images, args.min_side, args.max_side, args.image_size, args.patch_size = 48, 48, 96, 32, 4
         args.batch_size, args.batches = 8, 4
@@ -307,12 +300,7 @@ def parse(argv):
 def main(argv=None) -> int:
     args = parse(argv)
     record = run(args)
-    text = markdown(record)
-    print("\n" + text)
-    out = Path(args.out) if args.out else results_dir(torch.device("cpu")) / "loader.json"
-    atomic_write_text(out, json.dumps(record, indent=1))
-    atomic_write_text(out.with_suffix(".md"), text)
-    print(f"written: {out} and {out.with_suffix('.md')}")
+    harness.write_record(args.out or harness.results_dir("cpu") / "loader.json", record, markdown(record))
     return 0
 
 

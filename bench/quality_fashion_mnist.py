@@ -12,7 +12,6 @@ target) to ``--out-dir``. Everything after ``--`` goes to the trainer.
 """
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jepa.checkpoint import find_latest_valid  # noqa: E402
-from bench.records import machine, split_passthrough, write_record  # noqa: E402
+from bench import harness  # noqa: E402
 from jepa.eval import KNN, LINEAR_PROBE, evaluate, format_table  # noqa: E402
 
 TARGET = {"linear": 0.80, "knn": 0.75}
@@ -45,8 +44,7 @@ def markdown(report: dict) -> str:
     met = {k: res[k] >= v for k, v in TARGET.items()}
     lines = [f"# Fashion-MNIST quality ({report['config']})", "",
              format_table(report["eval"]), "",
-             f"- pre-training: {report['train_seconds'] / 60:.1f} min wall, {report['eval']['step']} steps "
-             f"({report['machine']})",
+             f"- pre-training: {report['train_seconds'] / 60:.1f} min wall, {report['eval']['step']} steps",
              f"- evaluation: {report['eval_seconds'] / 60:.1f} min wall, {report['eval']['train_images']} train / "
              f"{report['eval']['test_images']} test images, {report['eval']['encoder']} encoder, "
              f"{report['eval']['features']} features",
@@ -60,15 +58,15 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    own, overrides = split_passthrough(argv)
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    own, overrides = harness.split_passthrough(argv)
+    ap = harness.parser(__doc__)
     ap.add_argument("--config", default="configs/cpu_fashion_mnist.yaml")
     ap.add_argument("--run-dir", help="fresh run directory (default runs/quality_fashion_mnist-<time>)")
-    ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    harness.add_out_dir(ap)
     ap.add_argument("--train-subset", type=int, help="evaluate on the first N train images only (smoke runs)")
     ap.add_argument("--test-subset", type=int, help="evaluate on the first N test images only (smoke runs)")
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args(own)
+    harness.add_device(ap)
+    args = harness.parse(ap, own)
     run_dir = Path(args.run_dir or ROOT / "runs" / f"{NAME}-{time.strftime('%Y%m%d-%H%M%S')}")
 
     train_seconds = train(args.config, run_dir, overrides)
@@ -82,10 +80,9 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {"config": args.config, "overrides": overrides, "run_dir": str(run_dir), "checkpoint": str(ckpt),
               "train_seconds": train_seconds, "eval_seconds": eval_seconds, "results": report["results"],
-              "target": TARGET, "eval": report,
-              "machine": machine()}
+              "target": TARGET, "eval": report}
     result["meets_target"] = all(report["results"]["pretrained"][k] >= v for k, v in TARGET.items())
-    write_record(args.out_dir, NAME, result, markdown(result))
+    harness.write_record(Path(args.out_dir) / f"{NAME}.json", result, markdown(result), device=args.device)
     return 0
 
 

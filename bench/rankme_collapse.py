@@ -13,7 +13,6 @@ alarm fired, and writes ``rankme_collapse.json`` and ``.md`` to ``--out-dir``.
 """
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.records import machine, split_passthrough, write_record  # noqa: E402
+from bench import harness  # noqa: E402
 
 NAME = "rankme_collapse"
 RUNS = {"default": [], "pure_mse": ["--loss.type", "mse"]}
@@ -67,18 +66,18 @@ def markdown(result: dict) -> str:
         alarm = runs[r]["alarm"]
         lines.append(f"- {r}: {runs[r]['seconds'] / 60:.1f} min wall (not a speed figure); collapse alarm: "
                      + (f"`{alarm.split(ALARM)[1][:110].strip(': ')}`" if alarm else "none"))
-    lines.append(f"- {result['machine']}; `logging.collapse_warn_fraction` {result['warn_fraction']}")
+    lines.append(f"- `logging.collapse_warn_fraction` {result['warn_fraction']}")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    own, extra = split_passthrough(argv)
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    own, extra = harness.split_passthrough(argv)
+    ap = harness.parser(__doc__)
     ap.add_argument("--config", default="configs/cpu_fashion_mnist.yaml")
     ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    harness.add_out_dir(ap)
     ap.add_argument("--run-root", default=str(ROOT / "runs"), help="the two run dirs go under it (fresh names)")
-    args = ap.parse_args(own)
+    args = harness.parse(ap, own)
     from jepa.config import load_config
     fraction = load_config(ROOT / args.config if not Path(args.config).is_absolute() else args.config,
                            {}).logging.collapse_warn_fraction
@@ -90,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         runs[name] = {"run_dir": str(run_dir), "seconds": round(seconds, 1), "alarm": alarm,
                       **{tag: {str(k): v for k, v in vals.items()} for tag, vals in scalars(run_dir).items()}}
     result = {"config": args.config, "steps": args.steps, "overrides": extra, "warn_fraction": fraction,
-              "runs": runs, "machine": machine()}
-    write_record(args.out_dir, NAME, result, markdown(result))
+              "runs": runs}
+    harness.write_record(Path(args.out_dir) / f"{NAME}.json", result, markdown(result))
     return 0
 
 

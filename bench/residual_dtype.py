@@ -11,9 +11,7 @@ gives the same numbers), and the dtypes that reach the fused kernels in a real s
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import sys
 from pathlib import Path
 
@@ -22,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from jepa.io import atomic_write_text  # noqa: E402
+from bench import harness  # noqa: E402
 from jepa.models.vit import Block, VisionTransformer  # noqa: E402
 
 
@@ -113,24 +111,26 @@ def kernel_dtypes() -> dict:
     return seen
 
 
+def markdown(record: dict) -> str:
+    lines = [f"ViT depth {record['depth']}, width {record['dim']}, 64 tokens (48 kept), bf16 autocast vs float64", "",
+             "| variant | residual stream | features rel. err | gradients rel. err |", "|---|---|---:|---:|"]
+    lines += [f"| {name} | {','.join(r['stream'])} | {r['features_rel_err']:.2e} | {r['grad_rel_err']:.2e} |"
+              for name, r in record["variants"].items()]
+    lines += ["", "| reaching the kernels | dtype |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in record["kernel_inputs_under_bf16_autocast"].items()]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = harness.parser(__doc__)
     p.add_argument("--depth", type=int, default=12)
     p.add_argument("--dim", type=int, default=192)
-    p.add_argument("--out")
-    args = p.parse_args(argv)
+    harness.add_out(p)
+    args = harness.parse(p, argv)
     torch.set_num_threads(1)  # fixed reduction order: the same numbers on every run
-    record = {"depth": args.depth, "dim": args.dim, "torch": torch.__version__,
-              "variants": compare(args.depth, args.dim), "kernel_inputs_under_bf16_autocast": kernel_dtypes()}
-    print(f"ViT depth {args.depth}, width {args.dim}, 64 tokens (48 kept), bf16 autocast vs float64, torch {torch.__version__}")
-    for name, r in record["variants"].items():
-        print(f"  {name:<26} stream {','.join(r['stream']):<15} features rel. err {r['features_rel_err']:.2e}   "
-              f"gradients rel. err {r['grad_rel_err']:.2e}")
-    print("  dtypes reaching the kernels:")
-    for k, v in record["kernel_inputs_under_bf16_autocast"].items():
-        print(f"    {k:<40} {v}")
-    if args.out:
-        atomic_write_text(Path(args.out), json.dumps(record, indent=1))
+    record = {"depth": args.depth, "dim": args.dim, "variants": compare(args.depth, args.dim),
+              "kernel_inputs_under_bf16_autocast": kernel_dtypes()}
+    harness.write_record(args.out, record, markdown(record))
     return 0
 
 

@@ -20,12 +20,9 @@ each combination in its own process, one after the other, so compare rows of one
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import math
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -44,10 +41,9 @@ import jepa_kernels  # noqa: E402
 import jepa.data  # noqa: E402
 import jepa.device  # noqa: E402
 import jepa.models.vit  # noqa: E402
-from jepa.profiling import cpu_model  # noqa: E402
 import jepa.train  # noqa: E402
-from bench import reference_step  # noqa: E402
-from jepa.io import atomic_write_text  # noqa: E402
+from bench import harness, reference_code_step  # noqa: E402
+from bench.harness import device_name, results_dir  # noqa: E402
 from jepa.config import ConfigError, load_config, parse_overrides  # noqa: E402
 from jepa.models import build_model  # noqa: E402
 from jepa.profiling import PhaseTimer, cpu_has_bf16_matmul, synchronize, top_level_aten_ops  # noqa: E402
@@ -61,23 +57,6 @@ PROFILED_STEPS = 2
 
 
 # ------------------------------------------------------------------ measurements
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, reps: int = 8) -> float:
-    """FLOP/s of the best of ``reps`` large square matmuls: the practical peak for ``dtype`` here."""
-    n = 2048 if device.type == "cpu" else 8192
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    for _ in range(2):
-        a @ b
-    best = math.inf
-    for _ in range(reps):
-        synchronize(device)
-        t0 = time.perf_counter()
-        a @ b
-        synchronize(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best
 
 
 class FlopCounter:
@@ -97,7 +76,7 @@ class FlopCounter:
                                    batch.ctx_idx.to("meta"), batch.tgt_idx.to("meta"), batch.block_hw)
             with FlopCounterMode(display=False) as counter:
                 if self.reference:
-                    out = reference_step.forward_loss(self.model, meta)
+                    out = reference_code_step.forward_loss(self.model, meta)
                 else:
                     with torch.no_grad():
                         self.model.target_encoder(meta.images)
@@ -136,12 +115,6 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-
-
 # ------------------------------------------------------------------ one configuration
 
 
@@ -157,7 +130,7 @@ def build_trainer(cfg, needed_steps: int, run_dir: Path, reference: bool):
 
 def run_one(cfg, args) -> dict:
     """Measure one configuration in this process; returns the JSON record."""
-    needed = args.warmup + args.steps + args.phase_steps + PROFILED_STEPS
+    needed = args.warmup + args.reps + args.phase_steps + PROFILED_STEPS
     with tempfile.TemporaryDirectory(prefix="jepa-bench-") as tmp:
         trainer = build_trainer(cfg, needed, Path(tmp), args.reference)
         return measure(trainer, cfg, args)
@@ -165,7 +138,7 @@ def run_one(cfg, args) -> dict:
 
 def measure(trainer, cfg, args) -> dict:
     device = trainer.device
-    step_fn = reference_step.ReferenceStep(trainer).train_step if args.reference else trainer.train_step
+    step_fn = reference_code_step.ReferenceStep(trainer).train_step if args.reference else trainer.train_step
     stream = trainer.micro_batches()
 
     def next_group():
@@ -174,7 +147,7 @@ def measure(trainer, cfg, args) -> dict:
             group = next(stream)
         return group
 
-    peaks = [matmul_peak(device, trainer.amp_dtype)]
+    peaks = [harness.matmul_peak(device, trainer.amp_dtype, args.peak_size)]
     t0 = time.perf_counter()
     for _ in range(args.warmup):
         step_fn(next_group())
@@ -185,7 +158,7 @@ def measure(trainer, cfg, args) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     counter = FlopCounter(cfg, args.reference)
     times, cpu_times, flops, tokens = [], [], [], []
-    for _ in range(args.steps):
+    for _ in range(args.reps):
         synchronize(device)
         t0, c0 = time.perf_counter(), cpu_seconds()
         group = next_group()
@@ -198,7 +171,7 @@ def measure(trainer, cfg, args) -> dict:
     mem, mem_source = peak_memory(device)
 
     timer = PhaseTimer(device)
-    modules = [jepa.train, jepa.data, reference_step]
+    modules = [jepa.train, jepa.data, reference_code_step]
     if not cfg.training.compile:
         modules.append(jepa.models.vit)  # the predictor range; inside a compiled graph it must not run Python
     phase_times = []
@@ -216,7 +189,7 @@ def measure(trainer, cfg, args) -> dict:
         synchronize(device)
     aten_ops = top_level_aten_ops(prof.events()) / PROFILED_STEPS
     top_ops, matmul_fraction = op_times(prof)
-    peaks.append(matmul_peak(device, trainer.amp_dtype))
+    peaks.append(harness.matmul_peak(device, trainer.amp_dtype, args.peak_size))
 
     batch = cfg.data.batch_size * cfg.training.accum_steps * trainer.dist.world_size
     median = statistics.median(times)
@@ -236,7 +209,7 @@ def measure(trainer, cfg, args) -> dict:
                      "compile": cfg.training.compile, "precision": str(trainer.amp_dtype).replace("torch.", ""),
                      "predictor_shared_context": cfg.model.predictor_shared_context, "reference": args.reference},
         "batch_size": batch,
-        "steps": args.steps,
+        "steps": args.reps,
         "images_per_s": batch / median,
         "step_s_median": median,
         "step_s_min": min(times),
@@ -306,10 +279,11 @@ def run_all(args, overrides: dict, device: torch.device) -> list[dict]:
         with tempfile.TemporaryDirectory(prefix="jepa-bench-") as tmp:
             out = Path(tmp) / "row.json"
             cmd = [sys.executable, str(Path(__file__).resolve()), "--config", str(args.config),
-                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--phase-steps", str(args.phase_steps),
+                   "--steps", str(args.reps), "--warmup", str(args.warmup), "--phase-steps", str(args.phase_steps),
                    "--out", str(out), "--quiet"]
-            if args.threads:
-                cmd += ["--threads", str(args.threads)]
+            for flag, value in (("--threads", args.threads), ("--peak-size", args.peak_size)):
+                if value:
+                    cmd += [flag, str(value)]
             if reference:
                 cmd.append("--reference")
             for k, v in {**overrides, **extra}.items():
@@ -374,31 +348,26 @@ def describe(r: dict) -> str:
     return "\n".join(lines)
 
 
-def results_dir(device: torch.device) -> Path:
-    name = device_name(device).split(",")[0]
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
-    return ROOT / "bench" / "results" / (slug if device.type == "cuda" else f"cpu-{slug}")
-
-
 # ------------------------------------------------------------------ command line
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(prog="python bench/throughput.py", description=__doc__.splitlines()[0],
-                                epilog="Any config key can be overridden as --section.key value.")
+    p = harness.parser(__doc__, prog="python bench/throughput.py",
+                       epilog="Any config key can be overridden as --section.key value.")
     p.add_argument("--config", help="YAML config (default: the device's standard benchmark config, with --all)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first, compilation included (default 3)")
+    harness.add_timing(p, reps=20, warmup=3, flags=("--steps",), help="timed steps")
     p.add_argument("--phase-steps", type=int, default=5, help="steps timed per phase (default 5)")
-    p.add_argument("--out", help="write the JSON record (or, with --all, every row and the table) here")
+    harness.add_out(p, "write the JSON record (or, with --all, every row and the table) here, markdown beside it")
     p.add_argument("--reference", action="store_true", help="time the step as the reference I-JEPA code runs it")
     p.add_argument("--all", action="store_true", help="every kernels x attention x compile setting available here")
     p.add_argument("--compile-modes", default="false,true", help="training.compile values for --all")
     p.add_argument("--precisions", help="training.precision values for --all, e.g. fp32,bf16 (default: the config's); "
                                         "each precision gets its own reference row")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
-    p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
-    args, rest = p.parse_known_args(argv)
+    p.add_argument("--peak-size", type=int, help="side of the matmuls timed for the peak (default 2048 on CPU, "
+                                                 "8192 on CUDA)")
+    harness.add_threads(p)
+    p.add_argument("--quiet", action="store_true", help=harness.SUPPRESS)
+    args, rest = harness.parse(p, argv, known=True)
     try:
         overrides = parse_overrides(rest)
     except ConfigError as e:
@@ -410,15 +379,13 @@ def parse(argv):
         bad = [v for v in values if v not in PRECISIONS]
         if bad or len(set(values)) != len(values):
             p.error(f"--precisions takes distinct values of {', '.join(PRECISIONS)}, got {args.precisions!r}")
-    if args.steps < 1 or args.warmup < 0 or args.phase_steps < 0:
-        p.error("--steps must be >= 1, --warmup and --phase-steps >= 0")
+    if args.phase_steps < 0:
+        p.error(f"--phase-steps must be >= 0, got {args.phase_steps}")
     return args, overrides
 
 
 def main(argv=None) -> int:
     args, overrides = parse(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     default_suite = args.config is None
     if default_suite:
         args.config = str(GPU_CONFIG if torch.cuda.is_available() else CPU_CONFIG)
@@ -437,24 +404,17 @@ def main(argv=None) -> int:
             return 2
         rows = run_all(args, overrides, device)
         text = table(rows)
-        print(f"\n{cfg.name} on {device_name(device)}, torch {torch.__version__}\n\n{text}")
-        out = Path(args.out) if args.out else (results_dir(device) / "throughput.json" if default_suite else None)
-        if out is not None:
-            atomic_write_text(out, json.dumps({"config": cfg.name, "device": device_name(device), "rows": rows, "table": text},
-                                  indent=1))
-            atomic_write_text(out.with_suffix(".md"), f"### {cfg.name} on {device_name(device)}, torch {torch.__version__}\n\n"
-                  f"{text}\n")
-            print(f"\nwritten: {out} and {out.with_suffix('.md')}")
+        out = args.out or (results_dir(device) / "throughput.json" if default_suite else None)
+        harness.write_record(out, {"config": cfg.name, "device": device_name(device), "rows": rows, "table": text},
+                             f"### {cfg.name} on {device_name(device)}, torch {torch.__version__}\n\n{text}\n",
+                             device=device)
         return 0 if all("error" not in r for r in rows) else 1
     try:
         record = run_one(cfg, args)
     except ValueError as e:  # e.g. --reference with a setting the reference code does not have
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if not args.quiet:
-        print(describe(record))
-    if args.out:
-        atomic_write_text(Path(args.out), json.dumps(record, indent=1))
+    harness.write_record(args.out, record, describe(record), device=device, echo=not args.quiet)
     return 0
 
 

@@ -13,7 +13,6 @@ Writes ``bench/results/cpu-<name>/vs_official-<matrix instructions>.{json,md}`` 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -28,11 +27,12 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.throughput import CPU_CONFIG, device_name, results_dir  # noqa: E402
-from jepa.io import atomic_write_text  # noqa: E402
+from bench import harness  # noqa: E402
+from bench.throughput import CPU_CONFIG  # noqa: E402
 from jepa.profiling import cpu_flags, cpu_has_bf16_matmul  # noqa: E402
 
 DEFAULT_OFFICIAL = ROOT.parent / "shared" / "official" / "ijepa_cpu_baseline.py"
+
 
 def matrix_tag(flags: list[str]) -> str:
     """The CPU's best matrix instruction set (``amx``, ``avx512bf16``, ``avx512``, ``avx2``): machines sold under
@@ -93,22 +93,26 @@ def table(rows: list[dict], official_ips: float | None) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python bench/vs_official.py", description=__doc__.splitlines()[0])
+def parse(argv):
+    p = harness.parser(__doc__, prog="python bench/vs_official.py")
     p.add_argument("--official", default=str(DEFAULT_OFFICIAL), help="the official code's CPU-step script")
-    p.add_argument("--steps", type=int, default=20, help="timed steps of each of our rows (default 20)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads for every row (default 2)")
+    harness.add_timing(p, reps=20, flags=("--steps",), help="timed steps of each of our rows")
+    harness.add_threads(p, default=2)
     p.add_argument("--no-compiled", action="store_true", help="leave out the training.compile rows")
     p.add_argument("--bf16", action="store_true", help="add the bf16 rows even without bf16 matrix instructions")
-    p.add_argument("--out", help="JSON path (default bench/results/cpu-<name>/vs_official-<avx2|avx512|avx512bf16|amx>.json)")
-    args = p.parse_args(argv)
-    script = Path(args.official)
-    if not script.is_file():
-        p.error(f"--official {script}: no such file (the official code's CPU-step script)")
+    harness.add_out(p, "JSON path, markdown beside it (default "
+                       "bench/results/cpu-<name>/vs_official-<avx2|avx512|avx512bf16|amx>.json)")
+    args = harness.parse(p, argv)
+    if not Path(args.official).is_file():
+        p.error(f"--official {args.official}: no such file (the official code's CPU-step script)")
     if not os.environ.get("IJEPA_SRC"):
         p.error("set IJEPA_SRC to the extracted official I-JEPA repository")
-    torch.set_num_threads(args.threads)
+    return args
 
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    script = Path(args.official)
     precisions = ["fp32"] + (["bf16"] if args.bf16 or cpu_has_bf16_matmul() else [])
     compiles = ["false"] + ([] if args.no_compiled else ["true"])
     rows = []
@@ -119,25 +123,22 @@ def main(argv=None) -> int:
             label = "ours, " + ("compiled" if comp == "true" else "eager")
             print(f"{label} {prec} ...", flush=True)
             rows.append({"label": label, "precision": prec, **run_ours(
-                {"training.precision": prec, "training.compile": comp}, args.steps, args.threads)})
+                {"training.precision": prec, "training.compile": comp}, args.reps, args.threads)})
     print("official ...", flush=True)
     rows.append({"label": "official (after)", "precision": "fp32", **run_official(script, args.threads)})
 
     official = [r["images_per_s"] for r in rows if r["label"].startswith("official") and "error" not in r]
     official_ips = statistics.mean(official) if official else None
     device = torch.device("cpu")
-    head = (f"configs/bench_fmnist_tiny.yaml on {device_name(device)}; matrix flags: {' '.join(cpu_flags())}; "
+    head = (f"configs/bench_fmnist_tiny.yaml on {harness.device_name(device)}; matrix flags: {' '.join(cpu_flags())}; "
             f"torch {torch.__version__}, Python {platform.python_version()}")
     text = table(rows, official_ips)
     note = (f"vs official: against the mean of the two official runs ({', '.join(f'{x:.0f}' for x in official)} "
             "images/s). Each side's MFU is against the matmul peak its own script measured in this run.")
-    print(f"\n{head}\n\n{text}\n\n{note}")
-    out = Path(args.out) if args.out else results_dir(device) / f"vs_official-{matrix_tag(cpu_flags())}.json"
-    atomic_write_text(out, json.dumps({"header": head, "cpu_flags": cpu_flags(), "rows": rows,
-                                       "official_images_per_s_mean": official_ips, "table": text}, indent=1) + "\n")
-    atomic_write_text(out.with_suffix(".md"), f"### Our step against the official code's\n\n{head}\n\n{text}\n\n"
-                                              f"{note}\n")
-    print(f"\nwritten: {out} and {out.with_suffix('.md')}")
+    out = args.out or harness.results_dir(device) / f"vs_official-{matrix_tag(cpu_flags())}.json"
+    harness.write_record(out, {"header": head, "cpu_flags": cpu_flags(), "rows": rows,
+                               "official_images_per_s_mean": official_ips, "table": text},
+                         f"### Our step against the official code's\n\n{head}\n\n{text}\n\n{note}\n")
     return 0 if all("error" not in r for r in rows) else 1
 
 

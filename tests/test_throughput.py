@@ -1,4 +1,4 @@
-"""bench/throughput.py and its --reference step: same math as the trainer, complete JSON, exact FLOP counting."""
+"""bench/throughput.py and bench/reference_code_step.py: the trainer's math, complete JSON, exact FLOP counting."""
 import copy
 import json
 import sys
@@ -9,7 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import reference_step, throughput  # noqa: E402
+from bench import reference_code_step, throughput  # noqa: E402
 from jepa.config import load_config  # noqa: E402
 from jepa.profiling import cpu_flags, cpu_has_bf16_matmul, cpu_model  # noqa: E402
 from jepa.train import Trainer  # noqa: E402
@@ -29,7 +29,7 @@ def test_reference_step_is_the_same_math_as_the_trainer(tmp_path, over):
     ours = Trainer(cfg, run_dir=tmp_path / "a")
     theirs = Trainer(cfg, run_dir=tmp_path / "b")
     theirs.model.load_state_dict(ours.model.state_dict())
-    ref = reference_step.ReferenceStep(theirs)
+    ref = reference_code_step.ReferenceStep(theirs)
     stream = ours.micro_batches()
     for _ in range(3):
         batch = next(stream)
@@ -46,15 +46,15 @@ def test_reference_refuses_what_it_has_no_equivalent_for(tmp_path):
     trainer = Trainer(small_cfg(**{"model.num_hierarchies": "2", "model.predictor_shared_context": "true"}),
                       run_dir=tmp_path)
     with pytest.raises(ValueError, match=r"model.num_hierarchies=2 .*predictor_shared_context=true"):
-        reference_step.ReferenceStep(trainer)
+        reference_code_step.ReferenceStep(trainer)
 
 
 def test_reference_helpers_keep_mask_major_order():
     x = torch.arange(2 * 5 * 3, dtype=torch.float32).view(2, 5, 3)
     masks = [torch.tensor([[0, 4], [1, 2]]), torch.tensor([[3, 3], [0, 1]])]
-    out = reference_step.apply_masks(x, masks)
+    out = reference_code_step.apply_masks(x, masks)
     assert torch.equal(out[0], x[0, [0, 4]]) and torch.equal(out[3], x[1, [0, 1]])
-    rep = reference_step.repeat_interleave_batch(out, 2, repeat=2)  # (mask, copy, image)
+    rep = reference_code_step.repeat_interleave_batch(out, 2, repeat=2)  # (mask, copy, image)
     assert torch.equal(rep[:2], out[:2]) and torch.equal(rep[2:4], out[:2]) and torch.equal(rep[4:6], out[2:])
 
 
@@ -69,7 +69,7 @@ def test_meta_flop_count_equals_a_real_step(tmp_path, reference):
     model = copy.deepcopy(trainer.model)
     with FlopCounterMode(display=False) as real:
         if reference:
-            out = reference_step.forward_loss(model, batch)
+            out = reference_code_step.forward_loss(model, batch)
         else:
             with torch.no_grad():
                 model.target_encoder(batch.images)
