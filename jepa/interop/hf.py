@@ -49,7 +49,7 @@ def to_hf(weights: dict, spec: dict) -> dict:
         for name, part in (("query", 0), ("key", 1), ("value", 2)):
             for kind in ("weight", "bias"):
                 qkv = weights[f"{ours}attn.qkv.{kind}"]
-                out[f"{hf}attention.attention.{name}.{kind}"] = qkv[part * dim:(part + 1) * dim].clone()
+                out[f"{hf}attention.attention.{name}.{kind}"] = qkv[part * dim:(part + 1) * dim]  # a view: written, not copied
         for hf_name, our_name in (("layernorm_before", "norm1"), ("layernorm_after", "norm2"),
                                   ("attention.output.dense", "attn.proj"), ("intermediate.dense", "mlp.fc1"),
                                   ("output.dense", "mlp.fc2")):
