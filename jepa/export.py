@@ -57,6 +57,16 @@ def build_from_spec(spec: dict, device="cpu", attention: str = "auto") -> Vision
     return VisionTransformer(**spec, attention=resolve_backend(attention, device))
 
 
+def check_image_size(size: int, patch: int, source: str | Path, flag: str = "img_size") -> int:
+    """``size`` if it is a positive multiple of the encoder's ``patch`` size, else an error naming ``flag``."""
+    if size < 1 or size % patch:
+        below = max(patch, size // patch * patch)
+        near = f"{below} or {below + patch}" if below < size else f"{patch}, {2 * patch}, ..."
+        raise FlagError(f"{flag} {size} must be a positive multiple of the patch size {patch} of {source} "
+                        f"(e.g. {near})")
+    return size
+
+
 def encoder_from(enc: dict, device="cpu", source: str | Path = "checkpoint", img_size: int | None = None):
     """Build the encoder a ``read_encoder`` result describes (at ``img_size`` if given), load its weights, eval mode.
 
@@ -65,10 +75,7 @@ def encoder_from(enc: dict, device="cpu", source: str | Path = "checkpoint", img
     """
     spec = dict(enc["spec"])
     if img_size is not None:
-        if img_size < 1 or img_size % spec["patch_size"]:
-            raise ValueError(f"image size {img_size} must be a positive multiple of the patch size "
-                             f"{spec['patch_size']} of {source}")
-        spec["img_size"] = img_size
+        spec["img_size"] = check_image_size(img_size, spec["patch_size"], source)
     encoder = build_from_spec(spec, device)
     for note in fit_weights(encoder, enc["weights"], grid_of(enc["spec"]), Path(source), "encoder"):
         log.info("%s", note)

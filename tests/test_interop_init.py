@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from jepa.checkpoint import CheckpointError
+import jepa
 from jepa.config import ConfigError, load_config
+from jepa.errors import FlagError
 from jepa.export import main as export_main
 from jepa.train import Trainer
 from jepa.train import main as train_main
@@ -105,5 +107,7 @@ def test_evaluation_rebuilds_an_encoder_for_another_image_size(source):
     cfg, encoder, step, _ = load_source(ckpt, "target", "cpu", image_size=32)
     assert cfg.data.image_size == 32 and encoder.grid == (8, 8) and step == 0
     assert encoder(torch.randn(1, 1, 32, 32)).shape == (1, 64, 32)
-    with pytest.raises(ValueError, match="image size 30 must be a positive multiple of the patch size 4"):
+    with pytest.raises(FlagError, match=r"--image-size 30 must be a positive multiple of the patch size 4 .*28 or 32"):
         load_source(ckpt, "target", "cpu", image_size=30)
+    with pytest.raises(FlagError, match=r"img_size 2 must be a positive multiple of the patch size 4 .*\(e.g. 4, 8"):
+        jepa.load_encoder(ckpt, img_size=2)
