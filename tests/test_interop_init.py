@@ -86,8 +86,8 @@ def test_our_sin_cos_table_is_recomputed_for_another_grid(source, tmp_path, capl
 ])
 def test_a_mismatched_encoder_is_an_error_naming_the_key_and_both_shapes(source, tmp_path, override, message):
     _, ckpt = source
-    with pytest.raises(CheckpointError, match=message) as e:
-        start(tmp_path, **{"model.init_from": ckpt, **override})
+    with pytest.raises(CheckpointError, match=message) as e:  # size custom: the config's shapes, checked
+        start(tmp_path, **{"model.init_from": ckpt, "model.size": "custom", **override})
     assert str(ckpt) in str(e.value) and "\n" not in str(e.value)
 
 
