@@ -164,3 +164,11 @@ def test_eval_image_size_off_the_patch_grid_is_one_line_naming_the_flag(official
     assert capsys.readouterr().err == (f"error: --image-size 30 must be a positive multiple of the patch size 4 of "
                                        f"{path} (e.g. 28 or 32)\n")
     assert not (tmp_path / "r.json").exists()
+
+
+def test_finetune_takes_an_official_checkpoints_architecture_from_the_file(official):
+    from jepa.finetune import finetune_config
+    _, path = official
+    cfg = finetune_config(path, {"finetune.epochs": "1"})
+    assert (cfg.model.embed_dim, cfg.model.depth, cfg.model.num_heads, cfg.model.patch_size) == (192, 2, 3, 4)
+    assert cfg.finetune.epochs == 1 and cfg.training.stop_at_step is None
