@@ -15,6 +15,11 @@ class ConfigError(UserError, ValueError):
     """A config key is unknown, of the wrong type or out of range; the message names the key and what is valid."""
 
 
+class FlagError(UserError, ValueError):
+    """A command-line flag (or the argument it maps to) has a value that cannot work; the message names it and
+    what is valid."""
+
+
 class DeviceError(UserError, RuntimeError):
     """The configured device, kernels backend or attention backend is not available here."""
 

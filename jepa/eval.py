@@ -42,7 +42,7 @@ from jepa.config import config_from_dict, parse_overrides
 from jepa.datasets import load_dataset
 from jepa.device import pick_device
 from jepa.errors import ConfigError
-from jepa.export import encoder_from, read_encoder, source_config, source_digest
+from jepa.export import check_image_size, encoder_from, read_encoder, source_config, source_digest
 from jepa.io import atomic_save, atomic_write_text
 from jepa.models import Pooling, build_encoder, pool_tokens
 from jepa.models.attention import resolve_backend
@@ -232,6 +232,8 @@ def load_source(path: Path, encoder: str, device, num_heads: int | None = None, 
     the encoder for another input size (position table interpolated or recomputed).
     """
     enc = read_encoder(path, encoder, num_heads=num_heads)
+    if image_size is not None:
+        check_image_size(image_size, enc["spec"]["patch_size"], path, "--image-size")
     trained = encoder_from(enc, device, path, image_size)
     return source_config(enc, path, image_size), trained, enc["step"], source_digest(path)
 

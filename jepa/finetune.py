@@ -30,7 +30,7 @@ from jepa.config import ConfigError, config_from_dict, parse_overrides
 from jepa.datasets import load_dataset
 from jepa.device import pick_precision, setup_process
 from jepa.eval import load_source, random_init_encoder, report_path, run_data_root, write_report
-from jepa.export import read_encoder
+from jepa.export import read_encoder, source_config
 from jepa.io import atomic_write_text
 from jepa.metrics import TrainLogger
 from jepa.optim import clip_and_step, layer_decay_groups, set_schedule
@@ -244,7 +244,8 @@ def finetune_config(checkpoint: str | Path, overrides: dict):
     fixed = [k for k in overrides if k.split(".")[0] in ("model", "masks")]
     if fixed:
         raise ConfigError(f"{', '.join(fixed)}: the model and masks sections come from the checkpoint")
-    return config_from_dict(read_encoder(checkpoint)["config"], {"training.stop_at_step": None, **overrides})
+    described = source_config(read_encoder(checkpoint), Path(checkpoint))  # foreign weights store no config
+    return config_from_dict(described.to_dict(), {"training.stop_at_step": None, **overrides})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from jepa.config import Config, add_config_args, config_from_cli
 from jepa.config.validate import check_accum_steps
 from jepa.data import Batch, TrainBatches
 from jepa.device import pick_precision, setup_process
-from jepa.interop.init import start_from
+from jepa.interop.init import adopt_architecture, start_from
 from jepa.io import atomic_write_text
 from jepa.losses import JEPALoss
 from jepa.masks import MaskStats
@@ -48,6 +48,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: str | Path | None = None, resume: str | None = None,
                  profile: bool = False, dataset=None):
+        adopt_architecture(cfg)  # model.size from_file: the shapes of model.init_from
         self.cfg = cfg
         t = cfg.training
         device, self.dist = setup_process(cfg)

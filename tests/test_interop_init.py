@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from jepa.checkpoint import CheckpointError
+import jepa
 from jepa.config import ConfigError, load_config
+from jepa.errors import FlagError
 from jepa.export import main as export_main
 from jepa.train import Trainer
 from jepa.train import main as train_main
@@ -84,8 +86,8 @@ def test_our_sin_cos_table_is_recomputed_for_another_grid(source, tmp_path, capl
 ])
 def test_a_mismatched_encoder_is_an_error_naming_the_key_and_both_shapes(source, tmp_path, override, message):
     _, ckpt = source
-    with pytest.raises(CheckpointError, match=message) as e:
-        start(tmp_path, **{"model.init_from": ckpt, **override})
+    with pytest.raises(CheckpointError, match=message) as e:  # size custom: the config's shapes, checked
+        start(tmp_path, **{"model.init_from": ckpt, "model.size": "custom", **override})
     assert str(ckpt) in str(e.value) and "\n" not in str(e.value)
 
 
@@ -105,5 +107,7 @@ def test_evaluation_rebuilds_an_encoder_for_another_image_size(source):
     cfg, encoder, step, _ = load_source(ckpt, "target", "cpu", image_size=32)
     assert cfg.data.image_size == 32 and encoder.grid == (8, 8) and step == 0
     assert encoder(torch.randn(1, 1, 32, 32)).shape == (1, 64, 32)
-    with pytest.raises(ValueError, match="image size 30 must be a positive multiple of the patch size 4"):
+    with pytest.raises(FlagError, match=r"--image-size 30 must be a positive multiple of the patch size 4 .*28 or 32"):
         load_source(ckpt, "target", "cpu", image_size=30)
+    with pytest.raises(FlagError, match=r"img_size 2 must be a positive multiple of the patch size 4 .*\(e.g. 4, 8"):
+        jepa.load_encoder(ckpt, img_size=2)

@@ -139,3 +139,36 @@ def test_jepa_eval_evaluates_official_weights(official, tmp_path, capsys):
                  "60", "--test-subset", "20", "--no-progress", "--out", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
     assert "target encoder" in out and "k-NN top-1" in out and (tmp_path / "r.json").is_file()
+
+
+def test_a_bad_num_heads_for_an_official_checkpoint_names_the_flag_and_the_valid_counts(official, tmp_path, capsys):
+    from jepa.export import main
+    _, path = official
+    out = tmp_path / "enc.safetensors"
+    assert main(["--checkpoint", str(path), "--out", str(out), "--num-heads", "0"]) == 2
+    assert capsys.readouterr().err == "error: --num-heads must be a positive divisor of the encoder width, got 0\n"
+    assert main(["--checkpoint", str(path), "--out", str(out), "--num-heads", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {path}: the head count 5 (--num-heads, num_heads=) must be a positive divisor of the "
+                   "encoder width 192: one of 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 192\n")
+    with pytest.raises(CheckpointError, match="the head count 0 .* must be a positive divisor"):
+        jepa.load_encoder(path, num_heads=0)
+    assert not out.exists()
+
+
+def test_eval_image_size_off_the_patch_grid_is_one_line_naming_the_flag(official, tmp_path, capsys):
+    from jepa.eval import main
+    _, path = official
+    assert main(["--checkpoint", str(path), "--dataset", "fashion_mnist", "--image-size", "30", "--no-progress",
+                 "--out", str(tmp_path / "r.json")]) == 2
+    assert capsys.readouterr().err == (f"error: --image-size 30 must be a positive multiple of the patch size 4 of "
+                                       f"{path} (e.g. 28 or 32)\n")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_finetune_takes_an_official_checkpoints_architecture_from_the_file(official):
+    from jepa.finetune import finetune_config
+    _, path = official
+    cfg = finetune_config(path, {"finetune.epochs": "1"})
+    assert (cfg.model.embed_dim, cfg.model.depth, cfg.model.num_heads, cfg.model.patch_size) == (192, 2, 3, 4)
+    assert cfg.finetune.epochs == 1 and cfg.training.stop_at_step is None

@@ -44,7 +44,7 @@ def timm_state_shapes(img, patch, chans, dim, depth, hidden) -> dict:
 def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("timm")
     trainer, ckpt = make_checkpoint(tmp / "run")
-    assert main(["--checkpoint", str(ckpt), "--out", str(tmp / "vit_gap"), "--format", "timm"]) == 0
+    assert main(["--checkpoint", str(ckpt), "--out", str(tmp / "vit_gap.safetensors"), "--format", "timm"]) == 0
     return trainer, ckpt, tmp / "vit_gap.safetensors"
 
 

@@ -189,7 +189,9 @@ def test_outputs_never_replace_inputs_or_checkpoints_and_need_force_otherwise(ru
     assert "--force" in one_error_line(capsys.readouterr().err) and other.read_text() == "keep me"
     assert export_main(["--checkpoint", str(ckpt), "--out", str(other), "--force"]) == 0
     assert other.read_bytes() != b"keep me" and other.stat().st_size > 100
-    assert export_main(["--checkpoint", str(ckpt), "--out", str(tmp_path)]) == 2
+    folder = tmp_path / "folder.safetensors"
+    folder.mkdir()
+    assert export_main(["--checkpoint", str(ckpt), "--out", str(folder)]) == 2
     assert "is a directory" in one_error_line(capsys.readouterr().err)
 
 

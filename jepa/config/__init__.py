@@ -41,7 +41,11 @@ def _apply_overrides(raw: dict, overrides: dict[str, Any] | None):
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Load a YAML file (or defaults), apply dotted overrides, validate."""
+    """Load a YAML file (or defaults), apply dotted overrides, validate.
+
+    ``cfg.explicit`` says where each key the user set came from (``"config file"`` or ``"command line"``):
+    ``model.size: from_file`` lets the file's architecture replace what an earlier layer set.
+    """
     raw: dict = {}
     if path is not None:
         path = Path(path)
@@ -59,10 +63,13 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             got = "an empty file" if raw is None else f"{type(raw).__name__} {raw!r}"
             raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, data:, ...), got {got}")
         raw.setdefault("name", path.stem)
+    in_file = set(_flatten(raw))
     _apply_overrides(raw, overrides)
     explicit = _flatten(raw)
-    cfg = _build(Config, raw)
-    return validate(cfg, explicit)
+    cfg = validate(_build(Config, raw), explicit)
+    cfg.explicit = {key: "config file" if key in in_file and key not in (overrides or {}) else "command line"
+                    for key in explicit}
+    return cfg
 
 
 def help_text() -> str:

@@ -26,7 +26,8 @@ from jepa_kernels.dispatch import KernelsBackend
 class ModelConfig:
     """The context/target encoder (a ViT), the predictor and the H-JEPA levels."""
     size: ModelSize = "custom"
-    """A named ViT size (tiny, small, base, large, huge, giant) fills embed_dim, depth and num_heads."""
+    """A named ViT size (tiny, small, base, large, huge, giant) fills embed_dim, depth and num_heads; from_file
+    takes the architecture from model.init_from (the default when init_from is set and size is not)."""
     embed_dim: int = 192
     """Encoder width."""
     depth: int = 6

@@ -86,7 +86,9 @@ def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
     explicit = explicit or set()
     m, d, k, ls, o, t = cfg.model, cfg.data, cfg.masks, cfg.loss, cfg.optim, cfg.training
     _check_text(cfg)
-    if m.size != "custom":
+    _check(m.size != "from_file" or m.init_from, "model.size", "from_file takes the architecture from "
+           "model.init_from, which is not set; set model.init_from or use a named size or custom")
+    if m.size in MODEL_SIZES:
         for key, val in zip(("embed_dim", "depth", "num_heads"), MODEL_SIZES[m.size]):
             if f"model.{key}" in explicit and getattr(m, key) != val:
                 raise ConfigError(f"model.{key}={getattr(m, key)} conflicts with model.size={m.size} "

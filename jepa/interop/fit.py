@@ -34,6 +34,18 @@ def check_shapes(module: nn.Module, weights: dict, path: Path, what: str, hint=l
                                   f"{list(shape)} in the model{hint(key)}")
 
 
+def split_table(weights: dict, from_grid: tuple[int, int], path: Path, what: str) -> tuple[dict, object]:
+    """``(weights without pos_embed, the stored table or None)``; a table equal to our sin-cos table counts as none."""
+    weights = dict(weights)
+    table = weights.pop("pos_embed", None)
+    if table is not None and table.shape[-2] != from_grid[0] * from_grid[1]:
+        raise CheckpointError(f"{path}: the {what}'s position table has {table.shape[-2]} positions, not the "
+                              f"{from_grid[0]}x{from_grid[1]} grid its image and patch size give")
+    if table is not None and is_our_sincos(table, from_grid):
+        table = None
+    return weights, table
+
+
 def fit_weights(module: nn.Module, weights: dict, from_grid: tuple[int, int], path: Path, what: str,
                 hint=lambda key: "") -> list[str]:
     """Load ``weights`` saved on ``from_grid`` into ``module``; returns what was done to the position table.
@@ -41,14 +53,9 @@ def fit_weights(module: nn.Module, weights: dict, from_grid: tuple[int, int], pa
     A stored table that is this project's sin-cos table is dropped (the module computes it for its own
     grid); any other table is kept, bicubic-interpolated when the grids differ.
     """
-    weights, notes = dict(weights), []
+    notes = []
     grid = module_grid(module)
-    table = weights.pop("pos_embed", None)
-    if table is not None and table.shape[-2] != from_grid[0] * from_grid[1]:
-        raise CheckpointError(f"{path}: the {what}'s position table has {table.shape[-2]} positions, not the "
-                              f"{from_grid[0]}x{from_grid[1]} grid its image and patch size give")
-    if table is not None and is_our_sincos(table, from_grid):
-        table = None
+    weights, table = split_table(weights, from_grid, path, what)
     if table is not None:
         if tuple(from_grid) != grid:
             table = resize_grid(table, from_grid, grid)

@@ -49,7 +49,7 @@ def to_hf(weights: dict, spec: dict) -> dict:
         for name, part in (("query", 0), ("key", 1), ("value", 2)):
             for kind in ("weight", "bias"):
                 qkv = weights[f"{ours}attn.qkv.{kind}"]
-                out[f"{hf}attention.attention.{name}.{kind}"] = qkv[part * dim:(part + 1) * dim].clone()
+                out[f"{hf}attention.attention.{name}.{kind}"] = qkv[part * dim:(part + 1) * dim]  # a view: written, not copied
         for hf_name, our_name in (("layernorm_before", "norm1"), ("layernorm_after", "norm2"),
                                   ("attention.output.dense", "attn.proj"), ("intermediate.dense", "mlp.fc1"),
                                   ("output.dense", "mlp.fc2")):
@@ -193,15 +193,20 @@ def _read_weights(path: Path) -> tuple[dict, dict]:
                           "model.safetensors.index.json or pytorch_model.bin)")
 
 
-def read_hf_dir(path: Path) -> dict:
-    """An encoder record from a transformers IJepaModel directory (ours or a published one)."""
+def read_hf_config(path: Path) -> tuple[dict, dict]:
+    """``(config.json, our encoder spec)`` of an IJepaModel directory, without reading its weights."""
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}/config.json: not readable JSON ({e})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}/config.json: expected a JSON object, found {type(config).__name__}")
-    spec = check_spec(spec_from_config(config, path), path)
+    return config, check_spec(spec_from_config(config, path), path)
+
+
+def read_hf_dir(path: Path) -> dict:
+    """An encoder record from a transformers IJepaModel directory (ours or a published one)."""
+    config, spec = read_hf_config(path)
     state, meta = _read_weights(path)
     weights = from_hf(state, config, path)
     ours = meta.get("jepa_format") == HF_FORMAT

@@ -7,12 +7,14 @@ initialised, and the log says which. The optimizer, schedules and step start fre
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 from jepa.checkpoint import CheckpointError
 from jepa.interop.fit import check_shapes, fit_weights
 from jepa.interop.layout import WIDTH_HEADS, grid_of
-from jepa.interop.sources import read_source
+from jepa.config import ConfigError, validate
+from jepa.interop.sources import read_architecture, read_source
 from jepa.models import encoder_spec
 
 log = logging.getLogger("jepa")
@@ -36,18 +38,27 @@ def _with_hidden(spec: dict) -> dict:
 
 
 def check_encoder(source: dict, weights: dict, model, cfg, path: Path):
-    """Width, depth, heads, patch size, channels, MLP width: a mismatch is an error naming the key and both shapes."""
+    """Width, depth, heads, patch size, channels, MLP width: mismatches are one error naming every key and the
+    shapes."""
     theirs, ours = _with_hidden(source["spec"]), _with_hidden(encoder_spec(cfg))
+    found, keys = [], []
     for field, (cfg_key, weight_key) in _FIELDS.items():
         if theirs[field] == ours[field] or (field == "num_heads" and not source["heads_stored"]):
             continue
+        if field == "mlp_hidden" and int(theirs["embed_dim"] * cfg.model.mlp_ratio) == theirs[field]:
+            continue  # the width alone differs: the ratio is right
         shapes = ""
         if weight_key is not None and weight_key in weights:
             mine = model.context_encoder.state_dict()[weight_key].shape
             shapes = f" ('{weight_key}' {list(weights[weight_key].shape)} in the file, {list(mine)} here)"
         value = source["spec"]["mlp_ratio"] if field == "mlp_hidden" else theirs[field]
-        raise CheckpointError(f"{path}: the file's encoder has {field.replace('_', ' ')} {theirs[field]} but "
-                              f"the config gives {ours[field]}{shapes}; set {cfg_key}: {value} to start from it")
+        found.append(f"{field.replace('_', ' ')} {theirs[field]} but the config gives {ours[field]}{shapes}")
+        keys.append(f"{cfg_key}: {value}")
+    if found:
+        other = any(k.startswith("model.") for k in keys) and cfg.model.size != "from_file"
+        raise CheckpointError(f"{path}: the file's encoder has {', '.join(found)}; set {', '.join(keys)} to start "
+                              "from it" + (" (or model.size: from_file to take the architecture from the file)"
+                                           if other else ""))
     table = WIDTH_HEADS.get(theirs["embed_dim"])
     if not source["heads_stored"] and table is not None and table != cfg.model.num_heads:
         log.warning("%s does not store its head count; the official model table gives %d heads for width %d, "
@@ -93,6 +104,68 @@ def _load_level_heads(model, source: dict, path: Path) -> str:
         return f"newly initialised ({e})"
     model.level_heads.load_state_dict(heads)
     return "loaded"
+
+
+def takes_size_from_file(cfg) -> bool:
+    """``model.size: from_file``, or no size set at all (``load_config`` records what was) with ``model.init_from``."""
+    explicit = getattr(cfg, "explicit", None)
+    return bool(cfg.model.init_from) and (cfg.model.size == "from_file" or
+                                          (explicit is not None and "model.size" not in explicit))
+
+
+def fixed_keys(cfg) -> set[str]:
+    """The keys the file's architecture must agree with: those set where model.size is set, or later.
+
+    ``--model.size from_file`` on the command line replaces what the config file says; in the config file (or
+    left unset) it must agree with every key the user set.
+    """
+    explicit = getattr(cfg, "explicit", None) or {}
+    if explicit.get("model.size") == "command line":
+        return {key for key, where in explicit.items() if where == "command line"}
+    return set(explicit)
+
+
+def _file_values(cfg, fixed: set[str]) -> tuple[dict, dict]:
+    """``(encoder keys, predictor keys)``: config key -> the value the file gives."""
+    m = cfg.model
+    spec, pred = read_architecture(m.init_from, m.num_heads if "model.num_heads" in fixed else None)
+    encoder = {f"model.{k}": spec[k] for k in ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size")}
+    predictor = {f"model.{k}": pred[k] for k in ("pred_dim", "pred_depth", "pred_heads")} if pred else {}
+    return encoder, predictor
+
+
+def _differs(cfg, key: str, value) -> bool:
+    m = cfg.model
+    if key == "model.mlp_ratio":  # the same MLP width is the same architecture
+        return int(m.embed_dim * m.mlp_ratio) != int(m.embed_dim * value)
+    return getattr(m, key.split(".")[1]) != value
+
+
+def adopt_architecture(cfg) -> None:
+    """Under ``model.size: from_file`` set the encoder's (and, where the file has one, the predictor's) shape from
+    ``model.init_from``, before the model is built; a key the user fixed to another value is an error naming all.
+
+    A predictor key the user fixed keeps its value (the predictor then starts new, logged as ever).
+    """
+    if not takes_size_from_file(cfg):
+        return
+    fixed = fixed_keys(cfg)
+    encoder, predictor = _file_values(cfg, fixed)
+    clash = {key: value for key, value in encoder.items() if key in fixed and _differs(cfg, key, value)}
+    if clash:
+        raise ConfigError(f"model.size from_file: {cfg.model.init_from} has "
+                          f"{', '.join(f'{k}={v}' for k, v in clash.items())} but the config sets "
+                          f"{', '.join(f'{k}={getattr(cfg.model, k[6:])}' for k in clash)}; set "
+                          f"{', '.join(f'{k}: {v}' for k, v in clash.items())} (or leave them out)")
+    for key, value in {**predictor, **encoder}.items():
+        if key not in fixed:
+            setattr(cfg.model, key.split(".")[1], value)
+    cfg.model.size = "from_file"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # load_config warned already
+        validate(cfg)
+    log.info("model.size from_file: %s", ", ".join(f"{k}={getattr(cfg.model, k[6:])}" for k in {**encoder,
+                                                                                                 **predictor}))
 
 
 def start_from(model, cfg, resumed: bool, announce: bool = True):

@@ -48,8 +48,10 @@ def mlp_ratio_of(hidden: int, dim: int) -> float:
 def heads_for(width: int, num_heads: int | None, path: Path) -> int:
     """``num_heads`` if given, else the official table's head count for ``width``; an error for other widths."""
     if num_heads is not None:
-        if width % num_heads:
-            raise CheckpointError(f"{path}: num_heads={num_heads} does not divide the encoder width {width}")
+        if num_heads < 1 or width % num_heads:
+            divisors = ", ".join(str(d) for d in range(1, width + 1) if width % d == 0)
+            raise CheckpointError(f"{path}: the head count {num_heads} (--num-heads, num_heads=) must be a positive "
+                                  f"divisor of the encoder width {width}: one of {divisors}")
         return num_heads
     if width not in WIDTH_HEADS:
         table = ", ".join(f"{d}/{h}" for d, h in WIDTH_HEADS.items())

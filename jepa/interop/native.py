@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from jepa.checkpoint import ENCODER_FORMAT, CheckpointError, check_checkpoint, verify_checksum
+from jepa.checkpoint import ENCODER_FORMAT, CheckpointError, check_checkpoint, verify_checksum, with_checksum
 from jepa.config import ConfigError, config_from_dict
 from jepa.data import normalisation
 from jepa.interop.layout import check_spec
 from jepa.interop.safetensors_io import metadata_json, write_safetensors
+from jepa.io import atomic_save
 from jepa.models import encoder_spec
 
 ENCODERS = ("target", "context")
@@ -88,3 +89,11 @@ def write_safetensors_export(out: Path, enc: dict, source: str) -> Path:
             **{k: json.dumps(enc[k]) for k in ("spec", "normalization", "config", "step", "encoder")}}
     return write_safetensors(out, enc["weights"], meta)
 
+
+
+def write_pt_export(out: Path, enc: dict, source: str) -> Path:
+    """``out``: the encoder record ``enc`` as a ``.pt`` export (tensors and plain values, ``torch.load(weights_only=
+    True)`` reads it), with the checksum its reader verifies."""
+    payload = {"format": ENCODER_FORMAT, "source": source,
+               **{k: enc[k] for k in ("weights", "spec", "normalization", "config", "step", "encoder")}}
+    return atomic_save(with_checksum(payload), out)

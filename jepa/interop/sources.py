@@ -13,7 +13,7 @@ import hashlib
 from pathlib import Path
 
 from jepa.checkpoint import ENCODER_FORMAT, FORMAT, CheckpointError, load_file
-from jepa.interop.hf import hf_weights_file, read_hf_dir
+from jepa.interop.hf import hf_weights_file, read_hf_config, read_hf_dir
 from jepa.interop.layout import strip_prefix
 from jepa.interop.native import (ENCODERS, SAFETENSORS_FORMAT, read_pt_export, read_safetensors_export,
                                  read_training_checkpoint)
@@ -73,6 +73,15 @@ def _from_encoder(enc: dict) -> dict:
     return {"kind": enc["kind"], "encoders": {enc["encoder"] or "encoder": enc["weights"]}, "predictor": None,
             "predictor_spec": None, "level_heads": None, **{k: enc[k] for k in (
                 "spec", "normalization", "config", "step", "heads_stored")}}
+
+
+def read_architecture(path: str | Path, num_heads: int | None = None) -> tuple[dict, dict | None]:
+    """``(encoder spec, predictor spec or None)`` of any source; a Hugging Face directory by its config.json alone."""
+    path = Path(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        return read_hf_config(path)[1], None
+    source = read_source(path, num_heads)
+    return source["spec"], source["predictor_spec"]
 
 
 def pick_encoder(source: dict, which: str, path: Path) -> tuple[dict, str]:

@@ -12,7 +12,7 @@ from jepa.models.attention import resolve_backend
 from jepa.models.vit import DropPath, Predictor, VisionTransformer
 
 
-ModelSize = Literal["custom", "tiny", "small", "base", "large", "huge", "giant"]
+ModelSize = Literal["custom", "from_file", "tiny", "small", "base", "large", "huge", "giant"]
 # named ViT sizes: (embed_dim, depth, num_heads)
 MODEL_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16),
                "huge": (1280, 32, 16), "giant": (1408, 40, 16)}
