@@ -1,5 +1,6 @@
 """SIGReg (jepa/sigreg.py): the formula against an independent float64 evaluation, its gradient, what it scores
 high and low, the directions' determinism, and two gloo processes against one."""
+import json
 import math
 import os
 import signal
@@ -201,3 +202,16 @@ def test_two_gloo_processes_give_the_global_batch_statistic_and_ddp_gradients(tm
             start += rows
     # the scaled form uses the global N, not the rank's own
     assert ranks[0][True]["value"].item() == pytest.approx(sum(W.ROWS) * ranks[0][False]["value"].item(), rel=1e-12)
+
+
+def test_bench_script_records_the_sigreg_time_and_its_share(tmp_path, one_thread):
+    from bench import bench_sigreg
+    out = tmp_path / "sigreg.json"
+    assert bench_sigreg.main(["--n", "8", "--dim", "64", "--slices", "4", "--ref-batch", "1", "--image-size", "16",
+                              "--reps", "1", "--warmup", "0", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["n"] == 8 and record["slices"] == 4 and record["sigreg_ms"] > 0 and record["encoder_ms"] > 0
+    assert record["sigreg_share"] == pytest.approx(record["sigreg_ms"] / (record["sigreg_ms"] + record["encoder_ms"]))
+    assert "SIGReg share" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        bench_sigreg.main(["--num-points", "1"])
