@@ -1,4 +1,5 @@
-"""The package layout stays readable: no import cycles (not even inside functions), no module over 600 lines."""
+"""The package layout stays readable: no import cycles (not even inside functions), no module over 600 lines,
+no function over 80."""
 import ast
 from pathlib import Path
 
@@ -60,6 +61,15 @@ def test_no_module_imports_one_that_imports_it_back():
 
 def test_no_module_is_longer_than_600_lines():
     long = {name: n for name, path in project_modules().items() if (n := len(path.read_text().splitlines())) > 600}
+    assert not long, long
+
+
+def test_no_function_is_longer_than_80_lines():
+    long = {}
+    for name, path in project_modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                long[f"{name}.{node.name}"] = node.end_lineno - node.lineno + 1
     assert not long, long
 
 
