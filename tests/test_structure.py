@@ -1,6 +1,7 @@
-"""The package layout stays readable: no import cycles (not even inside functions), no module over 600 lines,
-no function over 80."""
+"""The package layout stays readable (docs/architecture.md): no import cycles (not even inside functions), no
+module over 600 lines, no function over 80, and config choices owned by the config."""
 import ast
+import typing
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +72,31 @@ def test_no_function_is_longer_than_80_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
                 long[f"{name}.{node.name}"] = node.end_lineno - node.lineno + 1
     assert not long, long
+
+
+def test_the_kernels_offer_the_backends_the_config_allows():
+    """jepa_kernels keeps its own Literal (it never imports jepa); the two must list the same choices."""
+    from jepa.config.choices import KernelsBackend
+    from jepa_kernels.dispatch import KernelsBackend as KernelsOwn
+    assert typing.get_args(KernelsBackend) == typing.get_args(KernelsOwn)
+
+
+def test_config_choices_are_defined_only_in_the_config():
+    """A ``Name = Literal[...]`` outside jepa/config listing a config field's choices is a second owner of them
+    (jepa_kernels excepted: it never imports jepa)."""
+    import jepa.config.choices as choices
+    owned = {typing.get_args(v) for v in vars(choices).values() if typing.get_origin(v) is typing.Literal}
+    found = []
+    for name, path in project_modules().items():
+        if name.startswith(("jepa.config", "jepa_kernels")):
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Subscript) \
+                    and getattr(node.value.value, "id", None) == "Literal":
+                args = ast.literal_eval(node.value.slice)
+                if (args if isinstance(args, tuple) else (args,)) in owned:
+                    found.append(f"{name}.{node.targets[0].id}")
+    assert not found, found
 
 
 def test_top_level_import_names_are_ours_alone():
