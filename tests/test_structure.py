@@ -1,6 +1,8 @@
 """The package layout stays readable (docs/architecture.md): no import cycles (not even inside functions), no
-module over 600 lines, no function over 80, and config choices owned by the config."""
+module over 600 lines, no function over 80, and a config that stands alone."""
 import ast
+import subprocess
+import sys
 import typing
 from pathlib import Path
 
@@ -72,6 +74,25 @@ def test_no_function_is_longer_than_80_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
                 long[f"{name}.{node.name}"] = node.end_lineno - node.lineno + 1
     assert not long, long
+
+
+def test_importing_the_config_loads_no_torch_and_nothing_it_configures():
+    code = ("import sys, jepa.config; from jepa.config import load_config; load_config(None); "
+            "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'jepa', 'jepa_kernels'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    loaded = set(out.split())
+    outside = {m for m in loaded if m not in ("jepa", "jepa.errors") and not m.startswith("jepa.config")}
+    assert "jepa.config.schema" in loaded and not outside, sorted(outside)
+
+
+def test_the_config_imports_only_itself_and_the_errors_and_the_kernels_no_jepa():
+    modules = project_modules()
+    for name, path in modules.items():
+        deps = imports_of(path, set(modules))
+        if name.startswith("jepa.config"):
+            assert all(d.startswith("jepa.config") or d in ("jepa", "jepa.errors") for d in deps), (name, deps)
+        if name.startswith("jepa_kernels"):
+            assert not any(d.split(".")[0] == "jepa" for d in deps), (name, deps)
 
 
 def test_the_kernels_offer_the_backends_the_config_allows():
