@@ -7,11 +7,11 @@ once and stops only when more than ``data.max_bad_images`` distinct files have f
 from __future__ import annotations
 
 import logging
-from typing import Literal, Sequence
+from typing import Sequence
 
+from jepa.config.choices import OnBadImage
 from jepa.datasets.decode import BadImageError
 
-OnBadImage = Literal["error", "skip"]
 
 log = logging.getLogger("jepa")
 

@@ -17,18 +17,17 @@ import shlex
 import sys
 import warnings
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from jepa import distributed as jdist
+from jepa.config.choices import BestMetric
 from jepa.errors import OutputExistsError, UserError
 from jepa.io import atomic_link, atomic_save, is_safetensors
 
 log = logging.getLogger("jepa")
 
 
-BestMetric = Literal["loss", "knn"]  # what best.pt is chosen by: lowest epoch loss, or highest k-NN top-1
 FORMAT = "jepa-checkpoint-v1"
 ENCODER_FORMAT = "jepa-encoder-v1"
 REQUIRED_KEYS = ("model", "optimizer", "step", "epoch", "batch_in_epoch", "config")

@@ -9,6 +9,7 @@ batch at once in torch; image files are cropped one by one at full resolution
 """
 from __future__ import annotations
 
+import functools
 import signal
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from jepa.datasets import (DatasetFormatError, DatasetNotFoundError, ImageFolder
 from jepa.datasets.decode import BadImageError
 from jepa.datasets.shards import ShardSet, load_shards
 from jepa.errors import ConfigError
-from jepa.masks import MaskSampler
+from jepa.masks import MaskSampler, block_size
 from jepa.seeds import mix_seed
 from jepa.shard_stream import ShardPlan, read_in_order
 from jepa.transforms import BatchAugment, normalize
@@ -108,11 +109,48 @@ def build_crops(cfg) -> FileCrops:
 
 
 def build_mask_sampler(cfg) -> MaskSampler:
+    """The multi-block sampler of ``cfg.masks`` on the patch grid, once its geometry is known to work there."""
     k = cfg.masks
     g = cfg.data.image_size // cfg.model.patch_size
+    check_mask_geometry(k, g)
     return MaskSampler(grid=(g, g), enc_scale=tuple(k.enc_scale), pred_scale=tuple(k.pred_scale),
                        aspect_ratio=tuple(k.aspect_ratio), nenc=k.nenc, npred=k.npred, min_keep=k.min_keep,
                        allow_overlap=k.allow_overlap)
+
+
+def check_mask_geometry(k, side: int):
+    """The mask settings ``k`` (``cfg.masks``) against the ``side`` x ``side`` patch grid, decided from the
+    block-size rule and a seeded trial of the sampler: a ConfigError naming the key, not a failure mid-run."""
+    ch, cw = block_size(0.0, (side, side), k.enc_scale, (1.0, 1.0))
+    if k.min_keep > ch * cw:
+        raise ConfigError(f"masks.min_keep: must be <= {ch * cw}, the smallest context block masks.enc_scale="
+                          f"{list(k.enc_scale)} gives on the {side}x{side} grid ({ch}x{cw}), got {k.min_keep}")
+    if k.allow_overlap:
+        return
+    failed = batches_without_context((side, side), tuple(k.enc_scale), tuple(k.pred_scale), tuple(k.aspect_ratio),
+                                     k.nenc, k.npred, k.min_keep)
+    if failed:
+        raise ConfigError(f"masks.npred: {k.npred} target blocks (masks.pred_scale={list(k.pred_scale)}) covered the "
+                          f"whole {side}x{side} grid of some image, leaving it no context, in {failed} of "
+                          f"{TRIAL_BATCHES} trial batches; lower masks.npred or masks.pred_scale, or set "
+                          "masks.allow_overlap")
+
+
+TRIAL_BATCHES = 16
+
+
+@functools.lru_cache(maxsize=64)
+def batches_without_context(grid, enc_scale, pred_scale, aspect_ratio, nenc, npred, min_keep) -> int:
+    """In how many of ``TRIAL_BATCHES`` seeded batches of 64 the sampler (after its target redraws) is left
+    with an image whose targets cover the whole grid. Cached: a run builds its sampler more than once."""
+    sampler = MaskSampler(grid, enc_scale, pred_scale, aspect_ratio, nenc, npred, min_keep)
+    failed = 0
+    for seed in range(TRIAL_BATCHES):
+        try:
+            sampler.sample(64, torch.Generator().manual_seed(seed))
+        except ConfigError:
+            failed += 1
+    return failed
 
 
 def sample_masks(sampler: MaskSampler, n: int, g: torch.Generator):
@@ -251,12 +289,12 @@ class TrainBatches:
 
     def __init__(self, cfg, dataset=None, rank: int = 0, world_size: int = 1, pin_memory: bool = False):
         self.cfg = cfg
+        self.sampler = build_mask_sampler(cfg)  # first: a mask geometry that cannot work fails before data loads
         self.dataset = dataset if dataset is not None else build_dataset(cfg, "train")
         self.rank, self.world_size = rank, world_size
         self.augment = build_augment(cfg)
         self.crops = build_crops(cfg)
         self.norm = tuple(torch.tensor(v, dtype=torch.float32) for v in normalisation(cfg))
-        self.sampler = build_mask_sampler(cfg)
         self.bad_images = BadImages(cfg.data.on_bad_image, cfg.data.max_bad_images)
         self.batch_size = cfg.data.batch_size
         self.pin_memory = pin_memory

@@ -1,27 +1,20 @@
 """Where and in which precision a run computes: the device and autocast dtype a config asks for."""
 from __future__ import annotations
 
-import re
-from typing import Literal
-
 import torch
 
 import jepa_kernels
 from jepa_kernels.dispatch import interpreting
 from jepa import distributed as jdist
+from jepa.config.choices import DEVICE, PRECISIONS, Precision  # noqa: F401 (re-exported)
 from jepa.errors import ConfigError, DeviceError
 from jepa.profiling import tune_cpu_allocator
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
-PRECISIONS: tuple[str, ...] = Precision.__args__
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def mps_available() -> bool:
     return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-
-
-DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:(0|[1-9][0-9]{0,3}))?)$")
 
 
 def pick_device(name: str, key: str = "training.device") -> torch.device:

@@ -11,12 +11,12 @@ import contextlib
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from jepa.config.choices import DistBackend, DistStrategy
 from jepa.errors import ConfigError
 
 _CPU_GROUPS: dict[int, object] = {}
@@ -38,8 +38,6 @@ class DistInfo:
         return self.rank == 0
 
 
-DistBackend = Literal["auto", "nccl", "gloo"]
-DistStrategy = Literal["ddp", "fsdp"]  # replicated weights, or fully_shard on the ViT blocks
 
 
 def init_distributed(backend: str = "auto", device_type: str = "cpu") -> DistInfo:

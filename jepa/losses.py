@@ -5,15 +5,12 @@ functions below it are its named pieces (docs/algorithm.md, "Loss").
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
 import jepa_kernels
+from jepa.config.choices import LossType, PredictionLoss
 
-LossType = Literal["mse", "smooth_l1", "combined"]
-PredictionLoss = Literal["mse", "smooth_l1"]
 LN_EPS = 1e-6  # the fused loss kernel's layer-norm eps; every target path uses it so levels agree
 
 

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
-WdSchedule = Literal["cosine", "linear"]
+from jepa.config.choices import WdSchedule
 
 
 @dataclass(frozen=True)

@@ -128,10 +128,34 @@ def test_overriding_into_a_section_that_is_not_a_mapping_names_it(tmp_path):
         load_config(path, {"model.depth": "3"})
 
 
-@pytest.mark.parametrize("override, key, words", [
+MASK_GEOMETRY = [
     ({"masks.min_keep": "40"}, "masks.min_keep", "smallest context block"),
     ({"masks.pred_scale": "[0.9, 1.0]"}, "masks.npred", "leaving it no context"),
     ({"masks.npred": "40"}, "masks.npred", "leaving it no context"),
+]
+
+
+@pytest.mark.parametrize("override, key, words", MASK_GEOMETRY)
+def test_mask_geometry_is_decided_when_the_sampler_is_built(override, key, words):
+    """The block-size rule and the trial of the sampler run where the sampler is built, not in jepa.config."""
+    from jepa.data import build_mask_sampler
+    cfg = load_config(None, {"masks.min_keep": "4", **override})  # the 7x7 grid of the defaults
+    with pytest.raises(ConfigError) as e:
+        build_mask_sampler(cfg)
+    assert key in str(e.value) and words in str(e.value)
+
+
+@pytest.mark.parametrize("override, key, words", MASK_GEOMETRY)
+def test_the_training_stream_refuses_the_mask_geometry_before_reading_data(tmp_path, override, key, words):
+    from jepa.data import TrainBatches
+    cfg = load_config(None, {"masks.min_keep": "4", "data.dataset": "imagefolder", "data.root": str(tmp_path / "none"),
+                             **override})
+    with pytest.raises(ConfigError) as e:
+        TrainBatches(cfg)  # what the trainer builds; the missing image folder is never looked at
+    assert str(e.value).startswith(f"{key}: ") and words in str(e.value)
+
+
+@pytest.mark.parametrize("override, key, words", [
     ({"model.patch_size": "28"}, "model.patch_size", "1x1 patch grid"),
     ({"data.batch_size": "64", "data.subset": "32"}, "data.batch_size", "data.subset=32"),
     ({"data.dataset": "synthetic", "data.synthetic_size": "16", "data.batch_size": "32"}, "data.batch_size",
@@ -148,11 +172,13 @@ def test_cross_field_rules_are_decided_from_the_config(override, key, words):
 
 
 def test_the_rules_accept_what_the_sampler_can_do():
+    from jepa.data import build_mask_sampler
     cfg = load_config(None, {"masks.min_keep": "36"})  # the smallest context block is 6x6
-    assert cfg.masks.min_keep == 36
+    assert cfg.masks.min_keep == 36 and build_mask_sampler(cfg).min_keep == 36
     cfg = load_config(None, {"masks.min_keep": "4", "masks.npred": "6"})  # 6 blocks can tile 7x7, but rarely do
-    assert cfg.masks.npred == 6
-    assert load_config(None, {"masks.npred": "12", "masks.allow_overlap": "true", "masks.min_keep": "4"}).masks.npred == 12
+    assert cfg.masks.npred == 6 and build_mask_sampler(cfg).npred == 6
+    cfg = load_config(None, {"masks.npred": "12", "masks.allow_overlap": "true", "masks.min_keep": "4"})
+    assert cfg.masks.npred == 12 and build_mask_sampler(cfg).npred == 12
     assert math.isfinite(load_config(None, {"optim.eps": "1e-6"}).optim.eps)
 
 

@@ -94,7 +94,11 @@ def add_config_args(parser: argparse.ArgumentParser):
 
 
 def config_from_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
-    """Parse known flags, treat the rest as dotted overrides; exit 2 with a message on errors."""
+    """Parse known flags, treat the rest as dotted overrides; exit 2 with a message on errors.
+
+    ``--print-config`` prints the validated config; the mask geometry is checked where the sampler is built
+    (``jepa.data.build_mask_sampler``), so mask settings the sampler cannot honour pass ``--print-config``.
+    """
     args, rest = parser.parse_known_args(argv)
     if args.help_config:
         print(help_text())

@@ -110,31 +110,9 @@ def _coerce(value, tp, path: str):
                 return choice
         raise ConfigError(f"{path}: must be one of {', '.join(map(str, valid))}, got {value!r}")
     if origin is Union:
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, path)
-            except ConfigError as e:
-                inner = e if str(e).startswith(f"{path}[") else inner  # a bad element: say which and why
-        if inner is not None and len(args) == 2:
-            raise inner from None
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        return _coerce_union(value, tp, path)
     if origin in (list, tuple):
-        if isinstance(value, str):
-            value = parse_value(value, path)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
-        args = typing.get_args(tp)
-        if origin is tuple:
-            if len(value) != len(args):
-                raise ConfigError(f"{path}: expected {_type_name(tp)} ({len(args)} values), got {value!r}")
-            return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        return [_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
+        return _coerce_sequence(value, tp, path)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
@@ -146,42 +124,84 @@ def _coerce(value, tp, path: str):
             return value.lower() in ("true", "yes", "1")
         raise ConfigError(f"{path}: expected true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        number = None
-        if isinstance(value, int):
-            number = value
-        elif isinstance(value, float) and value.is_integer():
-            number = int(value)
-        elif isinstance(value, str):
-            try:
-                number = int(value)
-            except ValueError:
-                pass
-        if number is None:
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        if not -INT64 <= number < INT64:
-            raise ConfigError(f"{path}: {value!r} does not fit in 64 bits")
-        return number
+        return _coerce_int(value, path)
     if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        number = None
-        try:
-            if isinstance(value, (int, float, str)):
-                number = float(value)
-        except (ValueError, OverflowError):
-            pass
-        if number is None:
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        if not math.isfinite(number):
-            raise ConfigError(f"{path}: must be a finite number, got {value!r}")
-        return number
+        return _coerce_float(value, path)
     if tp is str:
         if isinstance(value, str):
             return value
         raise ConfigError(f"{path}: expected a string, got {value!r}")
     raise ConfigError(f"{path}: unsupported type {tp}")
+
+
+def _coerce_union(value, tp, path: str):
+    """The first member type that takes ``value``; a bad element of an optional list is named by its index."""
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    inner = None
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _coerce(value, a, path)
+        except ConfigError as e:
+            inner = e if str(e).startswith(f"{path}[") else inner  # a bad element: say which and why
+    if inner is not None and len(args) == 2:
+        raise inner from None
+    raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _coerce_sequence(value, tp, path: str):
+    """A list, or a tuple of fixed length, each element converted to its declared type."""
+    if isinstance(value, str):
+        value = parse_value(value, path)
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is tuple:
+        if len(value) != len(args):
+            raise ConfigError(f"{path}: expected {_type_name(tp)} ({len(args)} values), got {value!r}")
+        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    return [_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
+
+
+def _coerce_int(value, path: str) -> int:
+    """An integer (or a float or string holding one) that fits in 64 bits; never a bool."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    number = None
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str):
+        try:
+            number = int(value)
+        except ValueError:
+            pass
+    if number is None:
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if not -INT64 <= number < INT64:
+        raise ConfigError(f"{path}: {value!r} does not fit in 64 bits")
+    return number
+
+
+def _coerce_float(value, path: str) -> float:
+    """A finite number (an int, float or string holding one); never a bool."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    number = None
+    try:
+        if isinstance(value, (int, float, str)):
+            number = float(value)
+    except (ValueError, OverflowError):
+        pass
+    if number is None:
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    if not math.isfinite(number):
+        raise ConfigError(f"{path}: must be a finite number, got {value!r}")
+    return number
 
 
 def _unknown_key(key: str, valid: list[str], path: str) -> ConfigError:

@@ -1,7 +1,7 @@
 """The config schema: one dataclass per section, each field typed and documented.
 
-Choice fields are ``Literal`` types owned by the module that implements the choice; the docstring
-under each field is what ``--help-config`` prints.
+Choice fields are ``Literal`` types from ``jepa.config.choices`` (the modules that implement a choice import
+it from there); the docstring under each field is what ``--help-config`` prints.
 """
 from __future__ import annotations
 
@@ -11,16 +11,10 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
-from jepa.bad_images import OnBadImage
-from jepa.checkpoint import BestMetric
-from jepa.datasets import DatasetName
-from jepa.device import Precision
-from jepa.distributed import DistBackend, DistStrategy
-from jepa.losses import LossType, PredictionLoss
-from jepa.models import CompileMode, EncoderName, ModelSize, Pooling
-from jepa.models.attention import AttentionBackend
-from jepa.schedules import WdSchedule
-from jepa_kernels.dispatch import KernelsBackend
+from jepa.config.choices import (AttentionBackend, BestMetric, CompileMode, DatasetName, DistBackend, DistStrategy,
+                                 EncoderName, KernelsBackend, LossType, ModelSize, OnBadImage, Pooling, Precision,
+                                 PredictionLoss, WdSchedule)
+
 
 @dataclass
 class ModelConfig:

@@ -5,10 +5,9 @@ One module per file format (idx, cifar, stl10, folder, synthetic); load_dataset 
 from __future__ import annotations
 
 import os
-import typing
 from pathlib import Path
-from typing import Literal
 
+from jepa.config.choices import DATASETS, DatasetName
 from jepa.datasets.cifar import CIFAR, load_cifar
 from jepa.datasets.convert import LUMA_WEIGHTS, convert_images
 from jepa.datasets.decode import BadImageError
@@ -43,8 +42,6 @@ __all__ = [
     "read_idx",
 ]
 
-DatasetName = Literal["fashion_mnist", "mnist", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic", "shards"]
-DATASETS: tuple[str, ...] = typing.get_args(DatasetName)
 
 _NUM_CLASSES = {"fashion_mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "stl10": 10}
 

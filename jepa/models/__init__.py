@@ -2,23 +2,14 @@
 from __future__ import annotations
 
 import copy
-from typing import Literal
 
 import torch
 import torch.nn as nn
 
+from jepa.config.choices import MODEL_SIZES, CompileMode, EncoderName, ModelSize, Pooling  # noqa: F401 (re-exported)
 from jepa.losses import pool_blocks
 from jepa.models.attention import resolve_backend
 from jepa.models.vit import DropPath, Predictor, VisionTransformer
-
-
-ModelSize = Literal["custom", "from_file", "tiny", "small", "base", "large", "huge", "giant"]
-# named ViT sizes: (embed_dim, depth, num_heads)
-MODEL_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16),
-               "huge": (1280, 32, 16), "giant": (1408, 40, 16)}
-EncoderName = Literal["target", "context"]
-Pooling = Literal["mean", "last4"]  # token-mean of the output, or of each of the last 4 blocks (concatenated)
-CompileMode = Literal["default", "max-autotune"]
 
 
 class JEPA(nn.Module):

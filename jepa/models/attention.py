@@ -12,16 +12,15 @@ import contextlib
 import logging
 import math
 import os
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from jepa.config.choices import AttentionBackend
 from jepa.errors import DeviceError
 
 log = logging.getLogger("jepa")
-AttentionBackend = Literal["auto", "xformers", "sdpa", "math"]
 BACKENDS: tuple[str, ...] = AttentionBackend.__args__
 AUTO_XFORMERS = "auto-xformers"  # what ``auto`` resolves to on CUDA with xformers: xformers where it can run
 _announced: set[str] = set()
