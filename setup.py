@@ -4,7 +4,7 @@ from setuptools import find_packages, setup
 # (macOS/MPS users run the PyTorch fallbacks).
 # The distribution is "jepa-trainer" ("jepa" on the package index belongs to another project); the import
 # packages are jepa and jepa_kernels ("kernels" is Hugging Face's, which transformers needs).
-CLIS = ("train", "eval", "export", "finetune", "visualize", "shards")
+CLIS = ("train", "eval", "export", "finetune", "visualize", "shards", "launch")
 
 setup(
     name="jepa-trainer",
@@ -23,9 +23,12 @@ setup(
     ],
     extras_require={
         # transformers: the tests load our Hugging Face exports with IJepaModel (it needs no torchvision)
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "torch-tb-profiler>=0.4", "hypothesis>=6", "transformers>=4.47"],
+        # submitit: tests/test_slurm.py runs jobs through its local executor (small, pure Python)
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "torch-tb-profiler>=0.4", "hypothesis>=6", "transformers>=4.47",
+                "submitit>=1.5"],
         "hf": ["transformers>=4.47"],
         "cuda": ["xformers"],
+        "slurm": ["submitit>=1.5"],  # python -m jepa.launch
     },
     entry_points={"console_scripts": [f"jepa-{name}=jepa.{name}:main" for name in CLIS]},
 )

@@ -60,7 +60,7 @@ def setup_process(cfg) -> tuple[torch.device, jdist.DistInfo]:
     device = pick_device(t.device)
     dist = jdist.init_distributed(cfg.distributed.backend, device.type)
     if device.type == "cuda" and dist.enabled:  # init_distributed has set it current
-        device = torch.device("cuda", dist.local_rank)
+        device = torch.device("cuda", dist.cuda_index)
     check_kernels(t.kernels, device)
     jepa_kernels.set_backend(t.kernels)
     if t.deterministic:

@@ -1,6 +1,7 @@
-"""Multi-process training under torchrun: process group, DDP/FSDP wrapping, reductions, full checkpoints.
+"""Multi-process training under torchrun or srun: process group, DDP/FSDP wrapping, reductions, full checkpoints.
 
 A plain ``python -m jepa.train`` is world size 1 and every helper here is then a no-op.
+Who this process is comes from torchrun's variables or, without them, SLURM's (``jepa.slurm``).
 Only the online modules (context encoder, predictor, level heads) get gradients; the
 target encoder is never wrapped by DDP and is updated by EMA from the unwrapped (or,
 under FSDP, the identically sharded) online parameters on every rank.
@@ -8,6 +9,7 @@ under FSDP, the identically sharded) online parameters on every rank.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from jepa.config.choices import DistBackend, DistStrategy
 from jepa.errors import ConfigError
+from jepa.slurm import ProcessLayout, process_layout, unused_slurm_tasks
 
 _CPU_GROUPS: dict[int, object] = {}
 
@@ -28,6 +31,11 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     cpu_group: object = None  # gloo group for host-side flags when the main backend is NCCL; None: default group
+    device_index: int | None = None  # the CUDA device when not local_rank (SLURM bound one GPU to each task)
+
+    @property
+    def cuda_index(self) -> int:
+        return self.local_rank if self.device_index is None else self.device_index
 
     @property
     def enabled(self) -> bool:
@@ -41,28 +49,50 @@ class DistInfo:
 
 
 def init_distributed(backend: str = "auto", device_type: str = "cpu") -> DistInfo:
-    """Join the process group torchrun describes in the environment; a plain run is world size 1.
+    """Join the process group torchrun or srun describes in the environment; a plain run is world size 1.
 
     ``auto`` is NCCL for CUDA and gloo otherwise. Under NCCL a second, gloo group carries the
     per-step stop flag so that agreeing on it never waits for the GPU.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    layout = this_process(device_type)
+    if layout.world_size <= 1:
         return DistInfo()
     if backend == "auto":
         backend = "nccl" if device_type == "cuda" else "gloo"
     if backend == "nccl" and device_type != "cuda":
         raise ConfigError(f"distributed.backend=nccl needs CUDA but training.device resolved to {device_type}; "
                           "use distributed.backend: gloo (or auto) for CPU training")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    info = DistInfo(layout.rank, layout.world_size, layout.local_rank, device_index=layout.device_index)
     if device_type == "cuda":
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(info.cuda_index)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        join_group(backend, layout)
     group_id = id(dist.group.WORLD)
     if group_id not in _CPU_GROUPS:
         _CPU_GROUPS[group_id] = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, _CPU_GROUPS[group_id])
+    info.rank, info.world_size, info.cpu_group = dist.get_rank(), dist.get_world_size(), _CPU_GROUPS[group_id]
+    return info
+
+
+def this_process(device_type: str) -> ProcessLayout:
+    """This process's layout; a SLURM batch script that runs the trainer without srun is told what it leaves idle."""
+    idle = unused_slurm_tasks(os.environ)
+    if idle:
+        logging.getLogger("jepa").warning(
+            f"SLURM allocated {idle + 1} tasks but this process was not started by srun: training in one process; "
+            "start it with `srun python -m jepa.train ...` to use all of them")
+    gpus = torch.cuda.device_count() if device_type == "cuda" else None
+    return process_layout(os.environ, gpus)
+
+
+def join_group(backend: str, layout: ProcessLayout):
+    """torchrun's rendezvous from its variables; under srun a TCP store on the first node of the step."""
+    if layout.master_addr is None:
+        dist.init_process_group(backend=backend)
+        return
+    host = f"[{layout.master_addr}]" if ":" in layout.master_addr else layout.master_addr
+    dist.init_process_group(backend=backend, init_method=f"tcp://{host}:{layout.master_port}",
+                            rank=layout.rank, world_size=layout.world_size)
 
 
 def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -35,6 +35,7 @@ from jepa.optim import FiniteGuard, build_optimizer, clip_and_step, set_schedule
 from jepa.profiling import step_profiler
 from jepa.schedules import build_schedules
 from jepa.signals import StopOnSignal
+from jepa.slurm import launcher_rank
 from jepa.visualize import TrainingPictures
 
 log = logging.getLogger("jepa")
@@ -304,7 +305,7 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", help="where logs and checkpoints go (default logging.run_dir or runs/<name>)")
     parser.add_argument("--profile", action="store_true", help="write torch.profiler traces to <run>/profile")
     cfg, args = config_from_cli(parser, argv)
-    rank = os.environ.get("RANK", "0")  # under torchrun only rank 0 logs progress; the others warnings and errors
+    rank = str(launcher_rank(os.environ))  # under torchrun/srun only rank 0 logs progress; the others warnings
     logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING,
                         format="%(asctime)s %(message)s" if rank == "0" else f"%(asctime)s [rank {rank}] %(message)s",
                         datefmt="%H:%M:%S")
