@@ -98,7 +98,7 @@ def test_label_smoothing_and_random_init_baseline(checkpoint, tmp_path):
     with torch.no_grad():
         logits = smooth.model(x)
     want = torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.5)
-    assert smooth.train_step(x, y)["loss"].item() == pytest.approx(want.item(), rel=1e-6)
+    assert smooth.train_step((x, y))["loss"].item() == pytest.approx(want.item(), rel=1e-6)
     scratch = tuner(checkpoint, tmp_path / "b", init="random")
     random = jeval.random_init_encoder(scratch.cfg, "cpu")
     for a, b in zip(scratch.model.encoder.state_dict().values(), random.state_dict().values()):
