@@ -33,7 +33,7 @@ from jepa.monitoring.logger import TrainLogger
 from jepa.optim import layer_decay_groups, optimizer_step, set_schedule
 from jepa.probes.data import batches, labelled_indices, low_shot_indices, training_augment
 from jepa.probes.linear_sgd import accuracy
-from jepa.run import ModelState, OptimizerState, RngState, Run, ScalerState
+from jepa.run import Run
 from jepa.schedules import Schedules
 from jepa.transforms import EvalTransform
 
@@ -180,10 +180,6 @@ class Finetuner(Run):
         write_report(report, out)
         atomic_write_text(self.run_dir / "result.json", json.dumps({"test_top1": top1, **run}, indent=2) + "\n")
         return {"test_top1": top1, "key": key, "method": method, "json": str(out)}
-
-    def components(self) -> dict:
-        return {"model": ModelState(self.model), "optimizer": OptimizerState(self.model, self.optimizer),
-                "scaler": ScalerState(self.scaler), "rng": RngState(self.device)}
 
     def data_stream(self) -> dict:
         return {"seed": self.cfg.finetune.seed, "train_images": len(self.indices), "batch_size": self.batch_size,

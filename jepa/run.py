@@ -2,9 +2,10 @@
 states, and the loop (epochs, logging, checkpoints, ``training.stop_at_step``, signals, stop-and-save).
 
 A run (``jepa.train.Trainer``, ``jepa.finetune.Finetuner``) subclasses ``Run`` and brings its own step
-(``train_step``), the batches of one epoch (``epoch_batches``) and its components (``components``); what
-is specific to one of them (the k-NN monitor, the fine-tuning report) hangs on the hooks ``announce``,
-``log_step`` and ``epoch_metric``. A checkpoint is the run's position plus ``component.state_dict()`` under
+(``train_step``), the batches of one epoch (``epoch_batches``), its ``model`` and ``optimizer`` (stateful
+components with the scaler and the RNG: ``components``); what is specific to one of them (the k-NN
+monitor, the fine-tuning report) hangs on the hooks ``announce``, ``log_step``, ``epoch_metric`` and
+``result``. A checkpoint is the run's position plus ``component.state_dict()`` under
 each component's key, so it loads with ``weights_only=True`` and resumes bit-exactly.
 """
 from __future__ import annotations
@@ -109,11 +110,13 @@ class Run:
     epochs: int
     total_steps: int
     model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
     logger: object  # jepa.monitoring.logger.TrainLogger
 
     def components(self) -> dict[str, Stateful]:
-        """The stateful parts, by their checkpoint key."""
-        raise NotImplementedError
+        """The stateful parts, by their checkpoint key (``self.model`` and ``self.optimizer`` as the run built them)."""
+        return {"model": ModelState(self.model), "optimizer": OptimizerState(self.model, self.optimizer),
+                "scaler": ScalerState(self.scaler), "rng": RngState(self.device)}
 
     def data_stream(self) -> dict:
         """What fixes the batch sequence and the schedules; a resumed run is exact only if these match."""

@@ -32,7 +32,7 @@ from jepa.monitoring.knn import KnnMonitor
 from jepa.monitoring.logger import TrainLogger, log_run_start
 from jepa.monitoring.rankme import target_std
 from jepa.optim import FiniteGuard, build_optimizer, optimizer_step, set_schedule
-from jepa.run import ModelState, OptimizerState, RngState, Run, ScalerState
+from jepa.run import Run
 from jepa.schedules import build_schedules
 from jepa.visualize import TrainingPictures
 
@@ -191,11 +191,6 @@ class Trainer(Run):
         self.finite_guard.check(self.optimizer, self.step, self.dist, self.run_dir / "checkpoints")
 
     # ------------------------------------------------------------------ checkpoints
-
-    def components(self) -> dict:
-        return {"model": ModelState(self.model),  # context encoder, predictor, level heads, target encoder
-                "optimizer": OptimizerState(self.model, self.optimizer), "scaler": ScalerState(self.scaler),
-                "rng": RngState(self.device)}
 
     def data_stream(self) -> dict:
         return {"seed": self.cfg.training.seed, "world_size": self.dist.world_size,
