@@ -103,7 +103,7 @@ def kernel_dtypes() -> dict:
             with torch.no_grad():
                 h = model.target_encoder(images)
             _, preds = model(images, ctx, tgt, None)
-            jepa.losses.prediction_loss(preds[0], h, tgt)
+            jepa_kernels.masked_target_loss(preds[0], h, tgt)
     finally:
         jepa.models.vit.jepa_kernels.masked_gather = real_gather
         jepa.losses.jepa_kernels.masked_target_loss = real_loss

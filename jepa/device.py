@@ -1,4 +1,5 @@
-"""Where and in which precision a run computes: the device and autocast dtype a config asks for."""
+"""Where and in which precision a run computes: the device and autocast dtype a config asks for, and the one
+autocast context every forward pass of a run goes through."""
 from __future__ import annotations
 
 import torch
@@ -52,6 +53,11 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return DTYPES[name]
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype):
+    """Autocast to ``dtype`` on ``device``'s type; fp32 turns autocast off (the precision a run computes in)."""
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 def setup_process(cfg) -> tuple[torch.device, jdist.DistInfo]:

@@ -40,7 +40,7 @@ from jepa import cli
 from jepa.checkpoint import CheckpointError, check_output, load_file
 from jepa.config import config_from_dict, parse_overrides
 from jepa.datasets import load_dataset
-from jepa.device import pick_device
+from jepa.device import autocast, pick_device
 from jepa.errors import ConfigError
 from jepa.export import check_image_size, encoder_from, read_encoder, source_config, source_digest
 from jepa.io import atomic_save, atomic_write_text
@@ -49,7 +49,7 @@ from jepa.models.attention import resolve_backend
 from jepa.probes.attentive import attentive_probe
 from jepa.probes.data import training_augment
 from jepa.probes.linear_sgd import linear_sgd_probe
-from jepa.progress import Progress
+from jepa.monitoring.progress import Progress
 from jepa.transforms import EvalTransform
 
 log = logging.getLogger("jepa")
@@ -88,7 +88,7 @@ def extract_features(encoder, dataset, transform, features: str = "mean", batch_
             if encoder is None:
                 f = x.flatten(1)
             else:
-                with torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
+                with autocast(device, amp_dtype):
                     f = pool_tokens(encoder, x, features)
             out.append(f.float().cpu())
             labels.append(y)

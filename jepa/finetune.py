@@ -15,29 +15,25 @@ import dataclasses
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import yaml
 
 from jepa import cli
-from jepa import distributed as jdist
-from jepa.checkpoint import FORMAT, Checkpointer, restore_rng, rng_state
 from jepa.config import ConfigError, config_from_dict, parse_overrides
 from jepa.datasets import load_dataset
-from jepa.device import pick_precision, setup_process
+from jepa.device import autocast
 from jepa.eval import load_source, random_init_encoder, report_path, run_data_root, write_report
 from jepa.export import read_encoder, source_config
 from jepa.io import atomic_write_text
-from jepa.metrics import TrainLogger
-from jepa.optim import clip_and_step, layer_decay_groups, set_schedule
+from jepa.monitoring.logger import TrainLogger
+from jepa.optim import layer_decay_groups, optimizer_step, set_schedule
 from jepa.probes.data import batches, labelled_indices, low_shot_indices, training_augment
 from jepa.probes.linear_sgd import accuracy
+from jepa.run import Run
 from jepa.schedules import Schedules
-from jepa.signals import StopOnSignal
 from jepa.transforms import EvalTransform
 
 log = logging.getLogger("jepa")
@@ -78,21 +74,22 @@ def default_run_dir(checkpoint: Path, dataset: str, fraction: float | None, shot
     return Path(checkpoint).resolve().parent.parent / "finetune" / f"{dataset}-{result_key(fraction, shots)}-{init}"
 
 
-class Finetuner:
+class Finetuner(Run):
     """One fine-tuning run of a checkpoint's encoder on a labelled dataset (see the module doc)."""
+
+    kind = "finetune"
 
     def __init__(self, cfg, checkpoint: str | Path, dataset: str | None = None, run_dir: str | Path | None = None,
                  fraction: float | None = None, shots: int | None = None, init: str = "pretrained",
                  encoder: str = "target", root: str | None = None, train_subset: int | None = None,
                  test_subset: int | None = None, resume: str | None = None, command: list[str] | None = None):
-        self.cfg, ft = cfg, cfg.finetune
+        super().__init__(cfg)
+        ft, device = cfg.finetune, self.device
+        if self.dist.enabled:
+            raise ConfigError("python -m jepa.finetune runs in one process; start it without torchrun")
         self.checkpoint, self.init, self.which = Path(checkpoint), init, encoder
         self.fraction, self.shots = fraction, shots
         self.lowshot = shots is not None or fraction not in (None, 1)
-        device, self.dist = setup_process(cfg)
-        if self.dist.enabled:
-            raise ConfigError("python -m jepa.finetune runs in one process; start it without torchrun")
-        self.device, self.amp_dtype = device, pick_precision(cfg.training.precision, device)
         _, trained, self.source_step, self.digest = load_source(self.checkpoint, encoder, device)
         mean, std = trained.normalization["mean"], trained.normalization["std"]
         self.transform = EvalTransform(cfg.data.image_size, mean, std)
@@ -105,21 +102,17 @@ class Finetuner:
         self.indices = low_shot_indices(self.train_ds.labels, ft.seed, fraction, shots)
         self.model, self.optimizer = self.build(trained if init == "pretrained" else random_init_encoder(cfg, device))
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.batch_size = min(ft.batch_size, len(self.indices))
         self.steps_per_epoch = len(self.indices) // self.batch_size
         self.epochs = ft.lowshot_epochs if self.lowshot else ft.epochs
         self.total_steps = self.epochs * self.steps_per_epoch
         self.schedules = Schedules(self.total_steps, int(round(ft.warmup_fraction * self.total_steps)), ft.lr, 0.0,
                                    ft.final_lr, ft.weight_decay, ft.weight_decay)
-        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-        self.epoch_loss, self.epoch_n = torch.zeros((), device=device), 0
-        self.run_dir = Path(run_dir or default_run_dir(self.checkpoint, self.dataset, fraction, shots, init))
-        self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint.keep_last, self.dist, "finetune", command)
-        state = self.checkpointer.restore(resume, cfg.to_dict(), self.data_stream(), jdist.model_shapes(self.model))
+        state = self.open_checkpoints(run_dir or default_run_dir(self.checkpoint, self.dataset, fraction, shots, init),
+                                      resume, command)
         if state is not None:
             self.load_state_dict(state)
-        atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        self.write_config()
         self.logger = TrainLogger(cfg, self.run_dir, self.dist, device, None, self.batch_size, self.step)
 
     def build(self, encoder) -> tuple[Classifier, torch.optim.AdamW]:
@@ -133,74 +126,43 @@ class Finetuner:
                                     ft.weight_decay, ft.layer_decay)
         return model, torch.optim.AdamW(groups, lr=ft.lr, betas=(0.9, 0.999))
 
-    def data_stream(self) -> dict:
-        return {"seed": self.cfg.finetune.seed, "train_images": len(self.indices), "batch_size": self.batch_size,
-                "batches_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
-                "source": self.digest, "init": self.init}
-
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict:
+        """Cross-entropy of the classifier on one labelled batch, then clip → step → zero the grads."""
+        x, y = batch
         lr, wd = self.schedules.lr_at(self.step), self.schedules.wd_at(self.step)
         set_schedule(self.optimizer, lr, wd)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
+        with autocast(self.device, self.amp_dtype):
             logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.finetune.label_smoothing)
         self.scaler.scale(loss).backward()
-        clip_and_step(self.optimizer, self.scaler, self.params, self.cfg.finetune.grad_clip)
+        optimizer_step(self.optimizer, self.scaler, self.params, self.cfg.finetune.grad_clip)
         self.step += 1
         return {"loss": loss.detach(), "train_top1": logits.argmax(1).eq(y).float().mean(), "lr": lr, "wd": wd}
 
-    def train(self) -> dict:
-        """Train to the end (or ``training.stop_at_step``, or a signal), then report the test top-1 if done."""
-        t0, stop_at = time.time(), self.cfg.training.stop_at_step
-        stopped = "already complete"
-        if self.step < self.total_steps and not (stop_at is not None and self.step >= stop_at):
-            log.info("fine-tuning the %s %s encoder of %s on %s: %d train images, %d epochs x %d steps of %d, "
-                     "run dir %s", self.init, self.which, self.checkpoint, self.dataset, len(self.indices),
-                     self.epochs, self.steps_per_epoch, self.batch_size, self.run_dir)
-            self.logger.start(self.step, self.total_steps)
-            with StopOnSignal(lambda: self.step + 1, self.run_dir / "checkpoints") as stop:
-                try:
-                    stopped = self.loop(stop)
-                finally:
-                    self.logger.close()
-        result = {"stopped": stopped, "step": self.step, "seconds": round(time.time() - t0, 1),
-                  "run_dir": str(self.run_dir)}
+    def epoch_batches(self):
+        """The ``(images, labels)`` batches of epoch ``self.epoch`` from ``batch_in_epoch`` on."""
+        for x, y in batches(self.train_ds, self.transform, self.batch_size, self.indices, self.device,
+                            self.cfg.finetune.seed, self.epoch, self.augment, self.batch_in_epoch,
+                            self.steps_per_epoch):
+            self.batch_in_epoch += 1
+            yield x, y
+
+    def announce(self):
+        log.info("fine-tuning the %s %s encoder of %s on %s: %d train images, %d epochs x %d steps of %d, "
+                 "run dir %s", self.init, self.which, self.checkpoint, self.dataset, len(self.indices),
+                 self.epochs, self.steps_per_epoch, self.batch_size, self.run_dir)
+
+    def result(self, stopped: str, t0: float) -> dict:
+        """Why it stopped and where; once every step is done, the test top-1 (see ``report``)."""
+        result = super().result(stopped, t0)
         if self.step >= self.total_steps:
             result.update(self.report())
         return result
 
-    def loop(self, stop: StopOnSignal) -> str:
-        stop_at = self.cfg.training.stop_at_step
-        while self.epoch < self.epochs:
-            for x, y in batches(self.train_ds, self.transform, self.batch_size, self.indices, self.device,
-                                self.cfg.finetune.seed, self.epoch, self.augment, self.batch_in_epoch,
-                                self.steps_per_epoch):
-                metrics = self.train_step(x, y)
-                self.batch_in_epoch += 1
-                self.epoch_loss, self.epoch_n = self.epoch_loss + metrics["loss"], self.epoch_n + 1
-                if self.logger.due(self.step):
-                    self.logger.log(self.step, metrics)
-                if stop_at is not None and self.step >= stop_at:
-                    return self.stop_and_save(f"stopped at training.stop_at_step {stop_at}", f"stop_at_step {stop_at}")
-                if stop.requested:
-                    return self.stop_and_save("stopped by signal", "signal")
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-            self.logger.scalar("train/epoch_loss", float(self.epoch_loss) / max(self.epoch_n, 1), self.step)
-            self.epoch_loss, self.epoch_n = torch.zeros((), device=self.device), 0
-            every = self.cfg.checkpoint.every_epochs
-            if self.epoch >= self.epochs or (every and self.epoch % every == 0):
-                self.checkpointer.save(self.step, self.state_dict)
-        return "completed"
-
-    def stop_and_save(self, why: str, stopped: str) -> str:
-        path = self.checkpointer.save(self.step, self.state_dict)
-        self.checkpointer.tell_how_to_resume(why, path, self.step, self.total_steps, self.cfg.training.stop_at_step)
-        return stopped
-
     def report(self) -> dict:
         """Test top-1 of the fine-tuned model, logged and added to the checkpoint's evaluation JSON."""
         self.model.eval()
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
+        with autocast(self.device, self.amp_dtype):
             top1 = accuracy(self.model, batches(self.test_ds, self.transform, 256, labelled_indices(self.test_ds),
                                                 self.device))
         self.model.train()
@@ -219,23 +181,13 @@ class Finetuner:
         atomic_write_text(self.run_dir / "result.json", json.dumps({"test_top1": top1, **run}, indent=2) + "\n")
         return {"test_top1": top1, "key": key, "method": method, "json": str(out)}
 
-    def state_dict(self) -> dict:
-        """What continues the run exactly (tensors and primitives; loads with weights_only=True)."""
-        return {"format": FORMAT, "kind": "finetune", "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
-                "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "epoch_loss": [float(self.epoch_loss), self.epoch_n], "data_stream": self.data_stream(),
-                "rng": rng_state(self.device), "config": self.cfg.to_dict()}
+    def data_stream(self) -> dict:
+        return {"seed": self.cfg.finetune.seed, "train_images": len(self.indices), "batch_size": self.batch_size,
+                "batches_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+                "source": self.digest, "init": self.init}
 
-    def load_state_dict(self, state: dict):
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        loss_sum, self.epoch_n = state.get("epoch_loss", [0.0, 0])
-        self.epoch_loss = torch.full((), loss_sum, device=self.device)
-        restore_rng(state["rng"], self.device)
+    def extra_state(self) -> dict:
+        return {"kind": "finetune"}
 
 
 def finetune_config(checkpoint: str | Path, overrides: dict):

@@ -1,7 +1,8 @@
 """The training objective: feature prediction per hierarchy level, plus an optional VICReg term.
 
-``JEPALoss`` is the whole objective of one step, built from the ``loss`` config section; the
-functions below it are its named pieces (docs/algorithm.md, "Loss").
+The step (``jepa.train.Trainer.train_step``) computes level 0 itself with the fused kernel
+``jepa_kernels.masked_target_loss``; ``level_losses`` adds the coarser H-JEPA levels and ``vicreg_loss``
+the VICReg term of ``loss.type: combined`` (docs/algorithm.md, "Loss").
 """
 from __future__ import annotations
 
@@ -14,42 +15,30 @@ from jepa.config.choices import LossType, PredictionLoss
 LN_EPS = 1e-6  # the fused loss kernel's layer-norm eps; every target path uses it so levels agree
 
 
-class JEPALoss:
-    """Loss of one micro-batch from the target features, the predictions per level and the context embeddings.
+def prediction_kind(cfg) -> str:
+    """The prediction loss of the ``loss`` section: ``mse`` or ``smooth_l1`` (``combined`` names it in ``base``)."""
+    return cfg.base if cfg.type == "combined" else cfg.type
 
-    Level 0 compares the predictions with the target blocks of ``normalize_targets(h)`` in one fused
-    kernel (gather, layer norm and loss, nothing materialised); coarser levels gather those rows once
-    and average-pool them over 2^l x 2^l windows of each block. ``loss.type: combined`` adds VICReg on
-    the context embeddings. Reads ``cfg`` at each call, so it follows changes to the section.
+
+def level_losses(level0, preds, h, tgt_idx, block_hw, cfg) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted sum of the prediction losses of every level, and each level's loss when there are several.
+
+    ``level0`` is the fused kernel's level-0 loss (None with ``normalize_embeddings``: computed here). Coarser
+    levels gather the layer-normed target rows once and average-pool them over 2^l x 2^l windows of each block.
     """
-
-    def __init__(self, cfg):
-        self.cfg = cfg  # the ``loss`` section of the run's config
-
-    def __call__(self, h, preds, z, ctx_idx, tgt_idx, block_hw) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(loss, parts)``: ``h`` [B, N, D] target features, ``preds`` [E·M·B, K, D] per level, ``z`` [E·B, Kc, D]."""
-        cfg = self.cfg
-        kind = cfg.base if cfg.type == "combined" else cfg.type
-        tgt_idx = expand_targets(tgt_idx, ctx_idx.shape[0])
-        parts = {}
-        loss, targets = None, None
-        for level, (pred, weight) in enumerate(zip(preds, cfg.level_weights)):
-            if level == 0 and not cfg.normalize_embeddings:
-                term = prediction_loss(pred, h, tgt_idx, kind, cfg.beta, cfg.normalize_targets)
-            else:
-                if targets is None:
-                    targets = gather_targets(h, tgt_idx, cfg.normalize_targets)
-                term = elementwise_loss(pred, pool_blocks(targets, block_hw, 2 ** level), kind, cfg.beta,
-                                        normalize=cfg.normalize_embeddings)
-            if len(preds) > 1:
-                parts[f"loss/level{level}"] = term.detach()
-            loss = weight * term if loss is None else loss + weight * term
-        if cfg.type == "combined":
-            reg = vicreg_loss(z, h, ctx_idx.shape[0], cfg.vicreg_var_weight, cfg.vicreg_cov_weight,
-                              cfg.vicreg_inv_weight)
-            parts.update({"loss/prediction": loss.detach(), "loss/vicreg": reg.detach()})
-            loss = loss + cfg.vicreg_weight * reg
-        return loss, parts
+    parts, loss, targets = {}, None, None
+    for level, (pred, weight) in enumerate(zip(preds, cfg.level_weights)):
+        if level == 0 and level0 is not None:
+            term = level0
+        else:
+            if targets is None:
+                targets = gather_targets(h, tgt_idx, cfg.normalize_targets)
+            term = elementwise_loss(pred, pool_blocks(targets, block_hw, 2 ** level), prediction_kind(cfg),
+                                    cfg.beta, normalize=cfg.normalize_embeddings)
+        if len(preds) > 1:
+            parts[f"loss/level{level}"] = term.detach()
+        loss = weight * term if loss is None else loss + weight * term
+    return loss, parts
 
 
 def normalize_targets(h: torch.Tensor) -> torch.Tensor:
@@ -60,12 +49,6 @@ def normalize_targets(h: torch.Tensor) -> torch.Tensor:
 def expand_targets(tgt_idx: torch.Tensor, n_context_masks: int) -> torch.Tensor:
     """Repeat each target mask once per context mask, matching the predictor's (m, e, b) row order."""
     return tgt_idx if n_context_masks == 1 else tgt_idx.repeat_interleave(n_context_masks, dim=0)
-
-
-def prediction_loss(pred, target, tgt_idx, kind: str = "mse", beta: float = 1.0, normalize_targets: bool = True):
-    """Mean loss between predictions ``[R, K, D]`` and ``normalize_targets(target)`` at ``tgt_idx``, fused."""
-    return jepa_kernels.masked_target_loss(pred, target, tgt_idx, kind=kind, beta=beta, normalize=normalize_targets,
-                                      eps=LN_EPS)
 
 
 def gather_targets(target, tgt_idx, normalize: bool = True):

@@ -42,9 +42,10 @@ def set_schedule(optimizer: torch.optim.Optimizer, lr: float, wd: float):
             group["weight_decay"] = wd
 
 
-def clip_and_step(optimizer, scaler: torch.amp.GradScaler, params: list, clip: float) -> torch.Tensor:
-    """Unscale, clip the gradient norm to ``clip`` (0: no clipping), step, zero the grads; returns the gradient norm.
+def optimizer_step(optimizer, scaler: torch.amp.GradScaler, params: list, clip: float) -> torch.Tensor:
+    """The update from the accumulated gradients: clip → step → zero the grads; returns the gradient norm.
 
+    Unscales first (fp16), clips the norm to ``clip`` (0: no clipping), steps through the scaler when it is on.
     The norm is a device tensor (no host sync); with the fp16 scaler a non-finite norm means the scaler skipped
     the step.
     """

@@ -26,7 +26,7 @@ from jepa.datasets.folder import IMAGE_EXTENSIONS
 from jepa.datasets.shards import FORMAT, INDEX_NAME, SHARD_PATTERN, VERSION
 from jepa.errors import ConfigError, OutputExistsError
 from jepa.io import atomic_write, atomic_write_text
-from jepa.progress import Progress
+from jepa.monitoring.progress import Progress
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
           "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}

@@ -11,8 +11,9 @@ import torch.nn as nn
 from jepa.config import load_config
 from jepa.datasets import load_dataset
 from jepa.distributed import DistInfo
-from jepa.metrics import TrainLogger, rankme
-from jepa.monitor import CollapseMonitor, held_out_images
+from jepa.monitoring.collapse import CollapseMonitor, held_out_images
+from jepa.monitoring.logger import TrainLogger
+from jepa.monitoring.rankme import rankme
 from jepa.train import Trainer
 
 SMALL = {"model.embed_dim": "32", "model.depth": "2", "model.num_heads": "2", "model.pred_dim": "16",
@@ -64,13 +65,15 @@ def test_collapse_alarm_warns_once_and_marks_the_progress_line(caplog):
     assert monitor.images.shape == (16, 1, 28, 28) and monitor.start == pytest.approx(8, rel=1e-3)
     encoder.means = orthonormal(16, 3, g, centred=True) @ orthonormal(8, 3, g).T - 1.0  # rank 3 < 0.5 x 8
     stream = io.StringIO()
-    logger = TrainLogger(cfg, None, DistInfo(), torch.device("cpu"), None, 32, alarm=monitor)
+    logger = TrainLogger(cfg, None, DistInfo(), torch.device("cpu"), None, 32)
     logger.show_progress = True
     logger.start(0, 10)
     logger.progress.stream = stream
     with caplog.at_level(logging.WARNING, logger="jepa"):
-        logger.log(2, {"loss": torch.tensor(0.5), "lr": 1e-3, **monitor.measure()})
-        logger.log(4, {"loss": torch.tensor(0.5), "lr": 1e-3, **monitor.measure()})
+        for step in (2, 4):
+            measured = monitor.measure()
+            logger.log(step, {"loss": torch.tensor(0.5), "lr": 1e-3, **measured},
+                       {"rankme": monitor.check(step, float(measured["rankme"]))})
     assert caplog.text.count("possible representation collapse") == 1
     assert "train/rankme is 3.0 at step 2" in caplog.text and "docs/monitoring.md" in caplog.text
     assert "rankme 3.0 (collapse?)" in stream.getvalue()

@@ -10,7 +10,7 @@ import torch
 from jepa import eval as jeval
 from jepa.checkpoint import load_checkpoint, with_checksum
 from jepa.io import atomic_save
-from jepa.monitor import KnnMonitor
+from jepa.monitoring.knn import KnnMonitor
 from jepa.config import load_config
 from jepa.datasets import load_dataset
 from jepa.train import Trainer

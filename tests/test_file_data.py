@@ -112,7 +112,7 @@ def test_training_skips_bad_files_and_logs_each_once(with_bad_files, tmp_path, c
 
 def test_rankme_batch_and_pictures_pass_over_bad_files(with_bad_files, tmp_path, caplog, one_thread):
     from jepa.datasets import load_dataset
-    from jepa.monitor import decodable_images
+    from jepa.monitoring.collapse import decodable_images
     train = load_dataset("imagefolder", "train", str(with_bad_files), channels=3, image_size=16)
     order = torch.arange(len(train))
     images = decodable_images(train, order, 15)

@@ -82,6 +82,19 @@ def test_finetune_trains_reports_and_resumes_exactly(checkpoint, tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path / "cut")][0] == "ckpt_step00000006.pt"
 
 
+def test_finetune_shares_the_pretraining_loop_every_steps_checkpoints_and_a_reached_stop(checkpoint, tmp_path):
+    """One run lifecycle (jepa/run.py): ``checkpoint.every_steps`` and a stop already reached act as in pre-training."""
+    over = {"checkpoint.every_steps": "1", "training.stop_at_step": "3"}
+    assert tuner(checkpoint, tmp_path, **over).train()["stopped"] == "stop_at_step 3"
+    assert [p.name for p in list_checkpoints(tmp_path)] == [f"ckpt_step0000000{k}.pt" for k in (3, 2, 1)]
+    again = tuner(checkpoint, tmp_path, resume="auto", **over)
+    assert again.train() == {"stopped": "stop_at_step 3 (already reached)", "step": 3, "seconds": 0.0,
+                             "run_dir": str(tmp_path)}
+    pretraining = load_checkpoint(checkpoint)
+    finetuning = load_checkpoint(checkpoint_path(tmp_path, 3))
+    assert set(finetuning) - {"kind"} <= set(pretraining) and finetuning["kind"] == "finetune"
+
+
 def test_finetune_and_pretraining_checkpoints_do_not_resume_each_other(checkpoint, tmp_path):
     ft = tuner(checkpoint, tmp_path / "ft", **{"training.stop_at_step": "1"})
     ft.train()
@@ -98,7 +111,7 @@ def test_label_smoothing_and_random_init_baseline(checkpoint, tmp_path):
     with torch.no_grad():
         logits = smooth.model(x)
     want = torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.5)
-    assert smooth.train_step(x, y)["loss"].item() == pytest.approx(want.item(), rel=1e-6)
+    assert smooth.train_step((x, y))["loss"].item() == pytest.approx(want.item(), rel=1e-6)
     scratch = tuner(checkpoint, tmp_path / "b", init="random")
     random = jeval.random_init_encoder(scratch.cfg, "cpu")
     for a, b in zip(scratch.model.encoder.state_dict().values(), random.state_dict().values()):

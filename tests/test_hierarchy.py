@@ -12,6 +12,7 @@ from jepa.models.vit import Predictor, VisionTransformer
 from jepa.train import Trainer
 
 from small_config import SMALL_BASE
+from step_probe import step_on
 
 TINY = {**SMALL_BASE, "data.dataset": "synthetic", "data.channels": "1", "data.image_size": "28",
         "data.synthetic_size": "32", "data.batch_size": "8", "logging.log_every": "1"}
@@ -94,24 +95,25 @@ def test_one_level_has_the_numbers_and_parameters_of_a_model_without_the_feature
     assert not any(k.startswith("level_heads") for k in model.state_dict())
 
     batch = first_batch(trainer)
-    loss, parts = trainer.forward_loss(batch)
+    parts, _ = step_on(trainer, batch)
+    loss = parts["loss"]
     with torch.no_grad():
         h = F.layer_norm(target(batch.images), (32,), eps=LN_EPS)
         M, B, K = batch.tgt_idx.shape
         tgt = torch.stack([h[b, batch.tgt_idx[m, b]] for m in range(M) for b in range(B)])
         pred = predictor(encoder(batch.images, batch.ctx_idx), batch.ctx_idx, batch.tgt_idx)
         expected = F.mse_loss(pred, tgt)
-    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-7)
     assert not any(k.startswith("loss/level") for k in parts)
 
     # a 3-level model with the same weights: its level-0 loss is the 1-level loss, its total the weighted sum
     three = trainer_for(tmp_path, "three", model__num_hierarchies=3)
     missing, unexpected = three.model.load_state_dict(model.state_dict(), strict=False)
     assert unexpected == [] and all(k.startswith("level_heads.") for k in missing) and len(missing) == 4
-    total, p3 = three.forward_loss(batch)
-    torch.testing.assert_close(p3["loss/level0"], loss.detach(), rtol=1e-6, atol=1e-7)
+    p3, _ = step_on(three, batch)
+    torch.testing.assert_close(p3["loss/level0"], loss, rtol=1e-6, atol=1e-7)
     weighted = p3["loss/level0"] + 0.5 * p3["loss/level1"] + 0.25 * p3["loss/level2"]
-    torch.testing.assert_close(total.detach(), weighted, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(p3["loss"], weighted, rtol=1e-6, atol=1e-7)
 
 
 # ------------------------------------------------------------------ gradients and the target side
@@ -120,23 +122,19 @@ def test_one_level_has_the_numbers_and_parameters_of_a_model_without_the_feature
 def test_gradients_reach_every_level_head_and_level_weights_gate_them(tmp_path):
     trainer = trainer_for(tmp_path, model__num_hierarchies=4)
     batch = first_batch(trainer)
-    loss, _ = trainer.forward_loss(batch)
-    loss.backward()
-    for head in trainer.model.level_heads:
-        assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
-        assert head.bias.grad.abs().sum() > 0
-    assert all(p.grad is None for p in trainer.model.target_encoder.parameters())
+    _, grads = step_on(trainer, batch)
+    for i in range(len(trainer.model.level_heads)):
+        assert grads[f"level_heads.{i}.weight"].abs().sum() > 0 and grads[f"level_heads.{i}.bias"].abs().sum() > 0
+    assert not any(name.startswith("target_encoder.") for name in grads)
 
     gated = trainer_for(tmp_path, "gated", model__num_hierarchies=4, loss__level_weights="[0, 1, 0, 0]")
     gated.model.load_state_dict(trainer.model.state_dict())
-    loss, _ = gated.forward_loss(batch)
-    loss.backward()
-    heads = gated.model.level_heads
-    assert heads[0].weight.grad.abs().sum() > 0
-    assert heads[1].weight.grad.abs().sum() == 0 and heads[2].weight.grad.abs().sum() == 0
+    _, grads = step_on(gated, batch)
+    assert grads["level_heads.0.weight"].abs().sum() > 0
+    assert grads["level_heads.1.weight"].abs().sum() == 0 and grads["level_heads.2.weight"].abs().sum() == 0
     # the coarse level alone still trains the predictor and the context encoder through the pooled predictions
-    assert gated.model.predictor.mask_token.grad.abs().sum() > 0
-    assert any(p.grad.abs().sum() > 0 for p in gated.model.context_encoder.parameters())
+    assert grads["predictor.mask_token"].abs().sum() > 0
+    assert any(g.abs().sum() > 0 for name, g in grads.items() if name.startswith("context_encoder."))
 
 
 def test_target_side_has_no_trainable_parameters(tmp_path):
@@ -155,7 +153,7 @@ def test_target_side_has_no_trainable_parameters(tmp_path):
             head.weight.zero_()
             head.bias.zero_()
     batch = first_batch(trainer)
-    _, parts = trainer.forward_loss(batch)
+    parts, _ = step_on(trainer, batch)
     with torch.no_grad():
         h = F.layer_norm(model.target_encoder(batch.images), (32,), eps=LN_EPS)
         M, B, K = batch.tgt_idx.shape
@@ -227,12 +225,12 @@ def test_combined_loss_adds_the_weighted_vicreg_term(tmp_path):
     combined = trainer_for(tmp_path, "combined", loss__type="combined", loss__vicreg_weight="0.3")
     combined.model.load_state_dict(plain.model.state_dict())
     batch = first_batch(plain)
-    base, _ = plain.forward_loss(batch)
-    total, parts = combined.forward_loss(batch)
-    torch.testing.assert_close(parts["loss/prediction"], base.detach(), rtol=1e-6, atol=1e-7)
+    base = step_on(plain, batch)[0]["loss"]
+    parts, _ = step_on(combined, batch)
+    torch.testing.assert_close(parts["loss/prediction"], base, rtol=1e-6, atol=1e-7)
     z = combined.model.context_encoder(batch.images, batch.ctx_idx)
     h = combined.model.target_encoder(batch.images)
     reg = vicreg_loss(z, h, 1, 25.0, 25.0, 1.0)
     torch.testing.assert_close(parts["loss/vicreg"], reg.detach(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(total.detach(), base.detach() + 0.3 * reg.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(parts["loss"], base + 0.3 * reg.detach(), rtol=1e-5, atol=1e-6)
     assert parts["loss/vicreg"] > 0

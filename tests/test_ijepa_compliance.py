@@ -10,10 +10,12 @@ import torch.nn.functional as F
 from jepa.config import load_config
 from jepa.data import build_augment, build_mask_sampler
 from jepa.datasets import load_dataset
-from jepa.losses import LN_EPS, prediction_loss
+from jepa.losses import LN_EPS
 from jepa.train import Trainer
+from jepa_kernels import masked_target_loss
 
 from small_config import QUIET, TINY_MODEL
+from step_probe import step_on
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # on top of a shipped config, which sets its own model size and worker count
@@ -173,45 +175,47 @@ def hand_made():
 def test_loss_on_a_hand_made_example():
     pred, target, idx = hand_made()
     # the raw rows equal the predictions exactly when the rows are ordered (mask, image)
-    assert prediction_loss(pred, target, idx, normalize_targets=False).item() == 0.0
+    assert masked_target_loss(pred, target, idx, normalize=False).item() == 0.0
     # layer-normed rows are [1, -1], [-1, 1], [-1, 1], [1, -1]; squared errors 20, 2, 8, 10 over 8 numbers
     cfg = load_config(None).loss
-    default = prediction_loss(pred, target, idx, cfg.type, cfg.beta, cfg.normalize_targets)
+    default = masked_target_loss(pred, target, idx, cfg.type, cfg.beta, cfg.normalize_targets, LN_EPS)
     assert default.item() == pytest.approx(40 / 8, rel=1e-5)
     # smooth L1 (beta 1, the reference code's loss): per-row sums 5, 1, 3, 3
-    assert prediction_loss(pred, target, idx, "smooth_l1").item() == pytest.approx(12 / 8, rel=1e-5)
+    assert masked_target_loss(pred, target, idx, "smooth_l1", eps=LN_EPS).item() == pytest.approx(12 / 8, rel=1e-5)
 
 
 def test_default_loss_is_mse_through_the_trainer(tmp_path):
     trainer = tiny_trainer(tmp_path)
     assert trainer.cfg.loss.type == "mse" and not trainer.cfg.loss.normalize_embeddings
     batch = next(trainer.data.epoch(0))
-    loss, _ = trainer.forward_loss(batch)
+    loss = step_on(trainer, batch)[0]["loss"]
     model = trainer.model
     with torch.no_grad():
         h = F.layer_norm(model.target_encoder(batch.images), (32,), eps=LN_EPS)
         tgt = torch.stack([h[b, batch.tgt_idx[m, b]] for m in range(4) for b in range(8)])
         pred = model.predictor(model.context_encoder(batch.images, batch.ctx_idx), batch.ctx_idx, batch.tgt_idx)
-    torch.testing.assert_close(loss.detach(), F.mse_loss(pred, tgt), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(loss, F.mse_loss(pred, tgt), rtol=1e-5, atol=1e-7)
     assert abs(loss.item() - F.smooth_l1_loss(pred, tgt).item()) > 1e-3
 
 
 def test_targets_are_layer_normed_without_affine(tmp_path):
     trainer = tiny_trainer(tmp_path)
     batch = next(trainer.data.epoch(0))
-    loss, _ = trainer.forward_loss(batch)
+
+    def loss_of():
+        return step_on(trainer, batch)[0]["loss"]
+    loss = loss_of()
     encoder = trainer.target_encoder
     # a layer norm over the feature dimension with no learned scale/shift cannot see a global affine change
     trainer.target_encoder = lambda x: 3.0 * encoder(x) + 2.0
-    shifted, _ = trainer.forward_loss(batch)
-    torch.testing.assert_close(shifted, loss, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(loss_of(), loss, rtol=1e-4, atol=1e-6)
     # ... but a per-feature one changes every normalised row
     trainer.target_encoder = lambda x: encoder(x) * torch.linspace(0.5, 2.0, 32)
-    assert abs(trainer.forward_loss(batch)[0].item() - loss.item()) > 1e-3
+    assert abs(loss_of().item() - loss.item()) > 1e-3
     # and without the normalisation the same global change is seen (the encoder's own final norm is not enough)
     trainer.target_encoder = lambda x: 3.0 * encoder(x) + 2.0
     trainer.cfg.loss.normalize_targets = False
-    assert trainer.forward_loss(batch)[0].item() > 2.0 * loss.item()
+    assert loss_of().item() > 2.0 * loss.item()
     # no learned normalisation on the target side: every parameter belongs to the three networks
     assert {n.split(".")[0] for n, _ in trainer.model.named_parameters()} == \
         {"context_encoder", "predictor", "target_encoder"}
@@ -271,8 +275,8 @@ def test_pure_ijepa_builds_one_level_mse_with_flip_only_augmentation(tmp_path):
     assert len(model.level_heads) == 0
     plain_params = sum(p.numel() for m in (model.context_encoder, model.predictor) for p in m.parameters())
     assert sum(p.numel() for p in model.online_parameters()) == plain_params
-    loss, parts = trainer.forward_loss(next(trainer.data.epoch(0)))
-    assert torch.isfinite(loss) and not any(k.startswith("loss/") for k in parts)
+    parts, _ = step_on(trainer, next(trainer.data.epoch(0)))
+    assert torch.isfinite(parts["loss"]) and not any(k.startswith("loss/") for k in parts)
 
 
 # ------------------------------------------------------------------ §6 the VICReg warning

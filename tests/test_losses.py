@@ -1,7 +1,10 @@
+from types import SimpleNamespace
+
 import torch
 import torch.nn.functional as F
 
-from jepa.losses import expand_targets, pool_blocks, prediction_loss, vicreg_terms
+from jepa.losses import LN_EPS, expand_targets, level_losses, pool_blocks, vicreg_terms
+from jepa_kernels import masked_target_loss
 
 
 def test_pool_blocks_matches_hand_computed_average_non_square_odd():
@@ -25,17 +28,36 @@ def test_pool_blocks_per_channel_and_identity():
     torch.testing.assert_close(out[:, 0], x.view(4, 2, 3, 3)[:, :, :2].mean(dim=(1, 2)))
 
 
-def test_prediction_loss_hand_made_example():
+def test_fused_target_loss_hand_made_example():
     target = torch.tensor([[[1.0, 3.0], [2.0, 2.0], [0.0, 4.0]]])     # B=1, N=3, D=2
     idx = torch.tensor([[[0, 2]]])                                     # M=1, B=1, K=2
     pred = torch.zeros(1, 2, 2, requires_grad=True)
     # layer_norm of [1,3] and [0,4] (no affine) is [-1, 1] up to eps
-    loss = prediction_loss(pred, target, idx)
+    loss = masked_target_loss(pred, target, idx, eps=LN_EPS)
     assert abs(loss.item() - 1.0) < 1e-4
-    raw = prediction_loss(pred, target, idx, normalize_targets=False)
+    raw = masked_target_loss(pred, target, idx, normalize=False)
     assert abs(raw.item() - (1 + 9 + 0 + 16) / 4) < 1e-5
-    sl1 = prediction_loss(pred, target, idx, kind="smooth_l1", normalize_targets=False)
+    sl1 = masked_target_loss(pred, target, idx, kind="smooth_l1", normalize=False)
     assert abs(sl1.item() - (0.5 + 2.5 + 0 + 3.5) / 4) < 1e-5
+
+
+def test_level_losses_weigh_each_level_and_the_fused_level_0_is_the_three_unfused_lines():
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(2, 9, 4, generator=g)                                # B=2 images of a 3x3 grid, D=4
+    idx = torch.tensor([[[0, 1, 3, 4], [4, 5, 7, 8]]])                   # M=1: one 2x2 block per image
+    preds = [torch.randn(2, 4, 4, generator=g), torch.randn(2, 1, 4, generator=g)]
+    cfg = SimpleNamespace(type="mse", base="mse", beta=1.0, level_weights=[1.0, 0.5], normalize_targets=True,
+                          normalize_embeddings=False)
+    fused = masked_target_loss(preds[0], h, idx, eps=LN_EPS)
+    loss, parts = level_losses(fused, preds, h, idx, (2, 2), cfg)
+    targets = torch.stack([F.layer_norm(h, (4,), eps=LN_EPS)[b, idx[0, b]] for b in range(2)])
+    torch.testing.assert_close(fused, F.mse_loss(preds[0], targets))
+    coarse = F.mse_loss(preds[1], targets.mean(dim=1, keepdim=True))
+    assert parts["loss/level0"] is not fused and torch.equal(parts["loss/level0"], fused)
+    torch.testing.assert_close(parts["loss/level1"], coarse)
+    torch.testing.assert_close(loss, fused + 0.5 * coarse)
+    unfused, _ = level_losses(None, preds, h, idx, (2, 2), cfg)          # level 0 computed from the gathered rows
+    torch.testing.assert_close(unfused, loss)
 
 
 def test_expand_targets_order():

@@ -7,9 +7,10 @@ from torch.profiler import ProfilerActivity, profile
 
 from jepa.config import ConfigError, load_config
 from jepa.data import Batch
-from jepa.losses import JEPALoss
+from jepa.losses import LN_EPS, expand_targets, level_losses
 from jepa.models import build_model
 from jepa.models.vit import Block, DropPath, LayerScale, Predictor, VisionTransformer, drop_path_rates
+from jepa_kernels import masked_target_loss
 
 TINY = {"model.embed_dim": "32", "model.depth": "3", "model.num_heads": "2", "model.pred_dim": "16",
         "model.pred_depth": "2", "model.pred_heads": "2", "data.batch_size": "4", "training.device": "cpu"}
@@ -35,8 +36,10 @@ def loss_and_grads(cfg, state, data, seed=1):
     torch.manual_seed(seed)  # drop path draws its masks from here
     with torch.no_grad():
         h = model.target_encoder(data.images)
-    z, preds = model(data.images, data.ctx_idx, data.tgt_idx, data.block_hw)
-    loss, _ = JEPALoss(cfg.loss)(h, preds, z, data.ctx_idx, data.tgt_idx, data.block_hw)
+    _, preds = model(data.images, data.ctx_idx, data.tgt_idx, data.block_hw)
+    tgt_idx = expand_targets(data.tgt_idx, data.ctx_idx.shape[0])
+    level0 = masked_target_loss(preds[0], h, tgt_idx, cfg.loss.type, cfg.loss.beta, eps=LN_EPS)
+    loss, _ = level_losses(level0, preds, h, tgt_idx, data.block_hw, cfg.loss)
     loss.backward()
     return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 

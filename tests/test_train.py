@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
+import jepa_kernels
 from jepa.config import load_config
 from jepa.data import Batch
-from jepa.metrics import log_run_start
 from jepa.optim import build_optimizer
 from jepa.train import Trainer, main
 
@@ -124,17 +124,17 @@ def test_missing_dataset_names_where_it_looked(tmp_path, capsys, monkeypatch):
     assert code == 2 and "nowhere" in err
 
 
-def test_nonfinite_loss_stops_without_overwriting_checkpoint(tmp_path):
+def test_nonfinite_loss_stops_without_overwriting_checkpoint(tmp_path, monkeypatch):
     cfg = small_cfg(**{"checkpoint.every_steps": "2", "logging.log_every": "1"})
     trainer = Trainer(cfg, run_dir=tmp_path)
-    original = trainer.forward_loss
+    original = jepa_kernels.masked_target_loss
     calls = {"n": 0}
 
-    def poisoned(batch):
-        loss, parts = original(batch)
+    def poisoned(*args, **kwargs):
         calls["n"] += 1
-        return (loss * math.nan if calls["n"] == 3 else loss), parts
-    trainer.forward_loss = poisoned
+        loss = original(*args, **kwargs)
+        return loss * math.nan if calls["n"] == 3 else loss
+    monkeypatch.setattr(jepa_kernels, "masked_target_loss", poisoned)
     from jepa.errors import NonFiniteError
     with pytest.raises(NonFiniteError, match="step 3"):
         trainer.train()
@@ -144,7 +144,6 @@ def test_nonfinite_loss_stops_without_overwriting_checkpoint(tmp_path):
 
 @pytest.fixture
 def restore_kernel_backend():
-    import jepa_kernels
     yield
     jepa_kernels.set_backend("auto")
 
@@ -169,7 +168,7 @@ def test_triton_and_torch_kernels_give_the_same_loss_curve(tmp_path, restore_ker
 def test_progress_line_in_a_log_file_shows_eta_and_prints_the_end_once():
     import io
 
-    from jepa.progress import Progress
+    from jepa.monitoring.progress import Progress
     out = io.StringIO()
     bar = Progress(10, stream=out, every_s=0.0)
     for n in range(1, 11):
@@ -185,10 +184,10 @@ def test_progress_line_in_a_log_file_shows_eta_and_prints_the_end_once():
 def test_cpu_with_bf16_instructions_gets_a_precision_hint(tmp_path, caplog, monkeypatch, precision, has_bf16,
                                                           hinted):
     """Only a run that left precision on auto hears that bf16 would be faster on this CPU."""
-    monkeypatch.setattr("jepa.metrics.cpu_has_bf16_matmul", lambda: has_bf16)
+    monkeypatch.setattr("jepa.monitoring.logger.cpu_has_bf16_matmul", lambda: has_bf16)
     trainer = Trainer(small_cfg(**{"training.precision": precision, "training.device": "cpu"}), run_dir=tmp_path)
     with caplog.at_level(logging.INFO, logger="jepa"):
-        log_run_start(trainer)
+        trainer.announce()
     hints = [r for r in caplog.records if "--training.precision bf16" in r.getMessage()]
     assert len(hints) == int(hinted)
 

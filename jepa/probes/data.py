@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from jepa.data import mix_seed
 from jepa.optim import set_schedule
-from jepa.progress import Progress
+from jepa.monitoring.progress import Progress
 from jepa.transforms import BatchAugment
 
 
