@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from jepa import eval as jeval
+from jepa.eval import command as eval_command
 from jepa.checkpoint import load_checkpoint, with_checksum
 from jepa.io import atomic_save
+from jepa.models import pool_tokens
 from jepa.monitor import KnnMonitor
 from jepa.config import load_config
 from jepa.datasets import load_dataset
@@ -84,8 +86,8 @@ def test_last4_features_end_with_the_mean_features():
     enc = jeval.random_init_encoder(cfg, "cpu")
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
-        mean = jeval.pool_tokens(enc, x, "mean")
-        last4 = jeval.pool_tokens(enc, x, "last4")
+        mean = pool_tokens(enc, x, "mean")
+        last4 = pool_tokens(enc, x, "last4")
     assert mean.shape == (3, 32) and last4.shape == (3, 128)
     torch.testing.assert_close(last4[:, -32:], mean)
 
@@ -118,7 +120,7 @@ def test_eval_cli_with_baselines_writes_json_and_uses_the_cache(checkpoint, caps
 
     calls = []
     real = jeval.extract_features
-    monkeypatch.setattr(jeval, "extract_features", lambda enc, *a, **k: calls.append(enc) or real(enc, *a, **k))
+    monkeypatch.setattr(eval_command, "extract_features", lambda enc, *a, **k: calls.append(enc) or real(enc, *a, **k))
     assert jeval.main(argv) == 0
     again = json.loads(checkpoint.with_name("ckpt_step00000002.eval.fashion_mnist.json").read_text())
     assert all(enc is None for enc in calls), "encoder features should come from the cache"
