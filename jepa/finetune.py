@@ -34,8 +34,8 @@ from jepa.export import read_encoder, source_config
 from jepa.io import atomic_write_text
 from jepa.metrics import TrainLogger
 from jepa.optim import clip_and_step, layer_decay_groups, set_schedule
-from jepa.probes.data import batches, labelled_indices, low_shot_indices, training_augment
-from jepa.probes.linear_sgd import accuracy
+from jepa.eval.probes.data import batches, labelled_indices, low_shot_indices, training_augment
+from jepa.eval.probes.linear_sgd import accuracy
 from jepa.schedules import Schedules
 from jepa.signals import StopOnSignal
 from jepa.transforms import EvalTransform

@@ -11,7 +11,7 @@ The protocols are fixed (never tuned per checkpoint), so numbers are comparable:
   (``LINEAR_PROBE``), top-1 on the test split;
 * k-NN: k = 20 (and 10, 100 from the same search) nearest train features by cosine
   similarity, votes weighted by ``exp(similarity / 0.07)``, top-1 on the test split;
-* ``linear-sgd`` and ``attentive``: the streamed probes of ``jepa.probes`` (settings in the
+* ``linear-sgd`` and ``attentive``: the streamed probes of ``jepa.eval.probes`` (settings in the
   ``probe`` config section, overridable as ``--probe.key value``); ``all`` runs every protocol.
 
 Results of several calls on the same checkpoint, data and features accumulate in one JSON report
@@ -46,9 +46,9 @@ from jepa.export import check_image_size, encoder_from, read_encoder, source_con
 from jepa.io import atomic_save, atomic_write_text
 from jepa.models import Pooling, build_encoder, pool_tokens
 from jepa.models.attention import resolve_backend
-from jepa.probes.attentive import attentive_probe
-from jepa.probes.data import training_augment
-from jepa.probes.linear_sgd import linear_sgd_probe
+from jepa.eval.probes.attentive import attentive_probe
+from jepa.eval.probes.data import training_augment
+from jepa.eval.probes.linear_sgd import linear_sgd_probe
 from jepa.progress import Progress
 from jepa.transforms import EvalTransform
 
