@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from jepa import cli
 from jepa import distributed as jdist
-from jepa import pictures as pic
+from jepa import drawing as pic
 from jepa.data import TrainBatches, mix_seed, normalisation
 from jepa.datasets import load_dataset
 from jepa.datasets.decode import BadImageError
