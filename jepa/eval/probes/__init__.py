@@ -1,4 +1,5 @@
-"""Downstream evaluation beyond the cached-feature probes: attentive probe, streamed SGD linear probe, their data.
+"""Every probe of a frozen encoder: on cached features (``linear``: L-BFGS, ``knn``) and streamed over the images
+(``linear_sgd``, ``attentive``), with the labelled batches they and fine-tuning train on (``data``).
 
-Settings are the ``probe`` and ``finetune`` sections of ``jepa.config``.
+Settings of the streamed probes are the ``probe`` and ``finetune`` sections of ``jepa.config``.
 """
