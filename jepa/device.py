@@ -10,7 +10,7 @@ import jepa_kernels
 from jepa_kernels.dispatch import interpreting
 from jepa import distributed as jdist
 from jepa.errors import ConfigError, DeviceError
-from jepa.profiling import tune_cpu_allocator
+from jepa.cpu import tune_cpu_allocator
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = Precision.__args__

@@ -9,7 +9,7 @@ import torch
 
 import jepa_kernels
 from jepa import distributed as jdist
-from jepa.profiling import cpu_has_bf16_matmul
+from jepa.cpu import cpu_has_bf16_matmul
 from jepa.progress import Progress
 
 log = logging.getLogger("jepa")
