@@ -2,6 +2,8 @@
 import importlib.util
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -148,6 +150,14 @@ def test_eval_cli_errors_are_clear(checkpoint, tmp_path, capsys):
     assert jeval.main(["--checkpoint", str(checkpoint), "--dataset", "cifar10", "--data-root",
                        str(tmp_path / "nowhere"), "--no-cache"]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_python_m_jepa_eval_runs_the_command(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    done = subprocess.run([sys.executable, "-m", "jepa.eval", "--checkpoint", str(bad)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and str(bad) in done.stderr
 
 
 def test_knn_monitor_touches_neither_rng_nor_weights(tmp_path):
