@@ -21,8 +21,9 @@ from typing import Callable
 
 import torch
 
+from jepa.cpu import MATRIX_FLAGS, cpu_flags, cpu_model
 from jepa.io import atomic_write_text
-from jepa.profiling import MATRIX_FLAGS, cpu_flags, cpu_model, synchronize
+from jepa.profiling import synchronize
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

@@ -45,8 +45,9 @@ import jepa.train  # noqa: E402
 from bench import harness, reference_code_step  # noqa: E402
 from bench.harness import device_name, results_dir  # noqa: E402
 from jepa.config import ConfigError, load_config, parse_overrides  # noqa: E402
+from jepa.cpu import cpu_has_bf16_matmul  # noqa: E402
 from jepa.models import build_model  # noqa: E402
-from jepa.profiling import PhaseTimer, cpu_has_bf16_matmul, synchronize, top_level_aten_ops  # noqa: E402
+from jepa.profiling import PhaseTimer, synchronize, top_level_aten_ops  # noqa: E402
 
 CPU_CONFIG = ROOT / "configs" / "bench_fmnist_tiny.yaml"
 GPU_CONFIG = ROOT / "configs" / "bench_vitb16_224.yaml"

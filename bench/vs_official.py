@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from bench import harness  # noqa: E402
 from bench.throughput import CPU_CONFIG  # noqa: E402
-from jepa.profiling import cpu_flags, cpu_has_bf16_matmul  # noqa: E402
+from jepa.cpu import cpu_flags, cpu_has_bf16_matmul  # noqa: E402
 
 DEFAULT_OFFICIAL = ROOT.parent / "shared" / "official" / "ijepa_cpu_baseline.py"
 

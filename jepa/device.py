@@ -9,7 +9,7 @@ from jepa_kernels.dispatch import interpreting
 from jepa import distributed as jdist
 from jepa.config.choices import DEVICE, PRECISIONS, Precision  # noqa: F401 (re-exported)
 from jepa.errors import ConfigError, DeviceError
-from jepa.profiling import tune_cpu_allocator
+from jepa.cpu import tune_cpu_allocator
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

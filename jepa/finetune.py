@@ -30,8 +30,8 @@ from jepa.export import read_encoder, source_config
 from jepa.io import atomic_write_text
 from jepa.monitoring.logger import TrainLogger
 from jepa.optim import layer_decay_groups, optimizer_step, set_schedule
-from jepa.probes.data import batches, labelled_indices, low_shot_indices, training_augment
-from jepa.probes.linear_sgd import accuracy
+from jepa.eval.probes.data import batches, labelled_indices, low_shot_indices, training_augment
+from jepa.eval.probes.linear_sgd import accuracy
 from jepa.run import Run
 from jepa.schedules import Schedules
 from jepa.transforms import EvalTransform

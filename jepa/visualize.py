@@ -17,12 +17,12 @@ import torch.nn.functional as F
 
 from jepa import cli
 from jepa import distributed as jdist
-from jepa import pictures as pic
+from jepa import drawing as pic
 from jepa.data import TrainBatches, mix_seed, normalisation
 from jepa.datasets import load_dataset
 from jepa.datasets.decode import BadImageError
 from jepa.datasets.shards import ShardSet
-from jepa.device import pick_device
+from jepa.device import autocast, pick_device
 from jepa.errors import ConfigError
 from jepa.eval import extract_features, load_source, random_init_encoder, run_data_root
 from jepa.transforms import EvalTransform
@@ -63,7 +63,7 @@ def patch_features(encoder, x: torch.Tensor, amp_dtype: torch.dtype = torch.floa
     was_training = encoder.training
     encoder.eval()
     try:
-        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
+        with autocast(x.device, amp_dtype):
             h = encoder(x)
     finally:
         encoder.train(was_training)

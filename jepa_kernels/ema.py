@@ -5,9 +5,10 @@ allocation (which the model owns, not us) or a gather/scatter copy that triples 
 The table (one int64 row of 5 per 8K elements: target address, online address, start, end,
 dtype codes and alignment) is part of a launch plan built once per list of tensors and cached
 by their storage addresses, so a call only reads 2 addresses per pair, looks the plan up and
-launches: no detach, no checks, no table work, no copy.  The plan holds aliases of the
-tensors, so a storage it points at cannot be freed and its address reused while the plan is
-cached; a plan whose storages nobody else uses any more is dropped at the next miss.
+launches: no detach, no checks, no table work, no copy.  The plan holds weak references to the
+tensors' storages (a plan keeps no model alive): the moment one of them is freed the plan is
+marked dead, so a new tensor at the same address never reuses it; dead plans are dropped at the
+next miss.
 
 Each chunk knows whether its pair is 16-byte aligned, so one unaligned tensor no longer turns
 off vector loads for the others.  The momentum is read from a device tensor when one is passed
@@ -16,6 +17,7 @@ way it changes every step without recompiling.
 """
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from typing import List, Optional, Sequence, Union
 
@@ -114,23 +116,22 @@ class Plan:
     """What a call needs for one list of tensor pairs: the chunk table on their device and the pairs the
     kernel cannot take (other dtypes, devices or layouts), which go through the PyTorch path."""
 
-    __slots__ = ("device", "table", "rows", "rest_t", "rest_o", "keep")
+    __slots__ = ("device", "table", "rows", "rest", "keep", "dead", "watch", "__weakref__")
 
     def __init__(self, ts: Sequence[torch.Tensor], os_: Sequence[torch.Tensor]):
         self.device = ts[0].device
         interpreting = _dispatch.interpreting()  # the interpreter can't follow device pointers
-        chunks, self.rest_t, self.rest_o = [], [], []
-        for t, o in zip(ts, os_, strict=True):
+        chunks, self.rest = [], []
+        for i, (t, o) in enumerate(zip(ts, os_, strict=True)):
             if t.shape != o.shape:
                 raise ValueError(f"ema_update_: shape mismatch {tuple(t.shape)} vs {tuple(o.shape)}")
             fast = (t.dtype in _CODES and o.dtype in _CODES and t.device == o.device == self.device
                     and t.is_contiguous() and o.is_contiguous() and not (t.is_cuda and interpreting))
             if not fast:
-                self.rest_t.append(t.detach())
-                self.rest_o.append(o.detach())
+                self.rest.append(i)
             elif t.numel():
                 chunks.append(_chunk_rows(t, o))
-        self.keep = [t.detach() for t in ts] + [o.detach() for o in os_]
+        self.keep = []
         table = torch.cat(chunks) if chunks else torch.empty((0, 5), dtype=torch.int64)
         self.rows = table.shape[0]
         if self.device.type == "cuda" and self.rows:
@@ -138,14 +139,23 @@ class Plan:
             self.keep.append(staging)
             table = staging.to(self.device, non_blocking=True)
         self.table = table.to(self.device)
+        self.dead = False
+        self.watch = _watch(self, [*ts, *os_])
 
-    def holds_stale_storage(self) -> bool:
-        """Whether some tensor it was built for is referenced by nothing but this plan (the owner replaced it)."""
-        count = getattr(torch._C, "_storage_Use_Count", None)
-        if count is None:
-            return True
-        # our alias and the temporary storage object below are the two references the plan itself makes
-        return any(count(t.untyped_storage()._cdata) <= 2 for t in self.keep if t.numel())
+
+def _watch(plan: Plan, tensors: Sequence[torch.Tensor]) -> list:
+    """Weak references to the storages of ``tensors`` that mark ``plan`` dead when any of them is freed.
+
+    A storage's Python object lives as long as the storage does (torch keeps it for the tensors that
+    share it), so its weak reference dies exactly when the memory is released.
+    """
+    plan_ref = weakref.ref(plan)
+
+    def freed(_):
+        alive = plan_ref()
+        if alive is not None:
+            alive.dead = True
+    return [weakref.ref(t.untyped_storage(), freed) for t in tensors if t.numel()]
 
 
 def _chunk_rows(t: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
@@ -162,11 +172,11 @@ def _chunk_rows(t: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
 
 
 def plan_for(ts: Sequence[torch.Tensor], os_: Sequence[torch.Tensor]) -> Plan:
-    """The cached plan for these tensors' storages; built (and stale plans dropped) on a miss."""
+    """The cached plan for these tensors' storages; built (and dead plans dropped) on a miss."""
     key = tuple(map(_ptr, ts)) + tuple(map(_ptr, os_))
     plan = _PLANS.get(key)
-    if plan is None:
-        for old in [k for k, p in _PLANS.items() if p.holds_stale_storage()]:
+    if plan is None or plan.dead:
+        for old in [k for k, p in _PLANS.items() if p.dead]:
             del _PLANS[old]
         plan = _PLANS[key] = Plan(ts, os_)
         if len(_PLANS) > PLAN_CACHE_SIZE:
@@ -198,9 +208,9 @@ def ema_update_now(ts: Sequence[torch.Tensor], os_: Sequence[torch.Tensor], mome
             ema_update_torch_(ts, os_, momentum)
         return
     plan = plan_for(ts, os_)
-    if plan.rest_t:
+    if plan.rest:
         with torch.no_grad():
-            ema_update_torch_(plan.rest_t, plan.rest_o, momentum)
+            ema_update_torch_([ts[i] for i in plan.rest], [os_[i] for i in plan.rest], momentum)
     if plan.rows:
         _launch(plan, momentum)
         torch.autograd.graph.increment_version(ts)

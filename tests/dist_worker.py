@@ -112,7 +112,7 @@ def equivalence_run(trainer, rank: int, world: int, accum: int) -> dict:
 
 
 def scenario_ddp(out: Path, rank: int, world: int) -> dict:
-    import jepa.checkpoint as jcheckpoint
+    import jepa.checkpoint.files as jcheckpoint
     import jepa.train as jtrain
     from jepa import distributed as jdist
     saves = count_calls(jcheckpoint, "atomic_save")
@@ -128,7 +128,7 @@ def scenario_ddp(out: Path, rank: int, world: int) -> dict:
 
 def scenario_interrupt(out: Path, rank: int, world: int) -> dict:
     """An uninterrupted run, then the same run stopped by SIGTERM delivered to rank 1 alone after step 3."""
-    import jepa.checkpoint as jcheckpoint
+    import jepa.checkpoint.files as jcheckpoint
     import jepa.train as jtrain
     cfg = make_cfg(**{"training.accum_steps": 2})
     full = jtrain.Trainer(cfg, run_dir=out / "full")
@@ -146,7 +146,7 @@ def scenario_interrupt(out: Path, rank: int, world: int) -> dict:
 
 
 def scenario_resume(out: Path, rank: int, world: int) -> dict:
-    import jepa.checkpoint as jcheckpoint
+    import jepa.checkpoint.files as jcheckpoint
     import jepa.train as jtrain
     trainer = jtrain.Trainer(make_cfg(**{"training.accum_steps": 2}), run_dir=out / "cut", resume="auto")
     start = trainer.step
@@ -156,7 +156,7 @@ def scenario_resume(out: Path, rank: int, world: int) -> dict:
 
 def scenario_fsdp(out: Path, rank: int, world: int) -> dict:
     """FSDP on hand-built batches (2 micro-batches per rank): 2 steps, checkpoint, 1 step; then resume and 1 step."""
-    import jepa.checkpoint as jcheckpoint
+    import jepa.checkpoint.files as jcheckpoint
     import jepa.train as jtrain
     from jepa import distributed as jdist
     from torch.distributed.tensor import DTensor

@@ -2,14 +2,18 @@
 import importlib.util
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from jepa import eval as jeval
+from jepa.eval import command as eval_command
 from jepa.checkpoint import load_checkpoint, with_checksum
 from jepa.io import atomic_save
+from jepa.models import pool_tokens
 from jepa.monitoring.knn import KnnMonitor
 from jepa.config import load_config
 from jepa.datasets import load_dataset
@@ -84,8 +88,8 @@ def test_last4_features_end_with_the_mean_features():
     enc = jeval.random_init_encoder(cfg, "cpu")
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
-        mean = jeval.pool_tokens(enc, x, "mean")
-        last4 = jeval.pool_tokens(enc, x, "last4")
+        mean = pool_tokens(enc, x, "mean")
+        last4 = pool_tokens(enc, x, "last4")
     assert mean.shape == (3, 32) and last4.shape == (3, 128)
     torch.testing.assert_close(last4[:, -32:], mean)
 
@@ -118,7 +122,7 @@ def test_eval_cli_with_baselines_writes_json_and_uses_the_cache(checkpoint, caps
 
     calls = []
     real = jeval.extract_features
-    monkeypatch.setattr(jeval, "extract_features", lambda enc, *a, **k: calls.append(enc) or real(enc, *a, **k))
+    monkeypatch.setattr(eval_command, "extract_features", lambda enc, *a, **k: calls.append(enc) or real(enc, *a, **k))
     assert jeval.main(argv) == 0
     again = json.loads(checkpoint.with_name("ckpt_step00000002.eval.fashion_mnist.json").read_text())
     assert all(enc is None for enc in calls), "encoder features should come from the cache"
@@ -146,6 +150,14 @@ def test_eval_cli_errors_are_clear(checkpoint, tmp_path, capsys):
     assert jeval.main(["--checkpoint", str(checkpoint), "--dataset", "cifar10", "--data-root",
                        str(tmp_path / "nowhere"), "--no-cache"]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_python_m_jepa_eval_runs_the_command(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    done = subprocess.run([sys.executable, "-m", "jepa.eval", "--checkpoint", str(bad)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and str(bad) in done.stderr
 
 
 def test_knn_monitor_touches_neither_rng_nor_weights(tmp_path):

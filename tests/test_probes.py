@@ -9,9 +9,9 @@ from jepa import eval as jeval
 from jepa.checkpoint import checkpoint_path
 from jepa.config import load_config
 from jepa.datasets import load_dataset
-from jepa.probes.attentive import AttentivePooler, attentive_probe
-from jepa.probes.data import batches, low_shot_indices
-from jepa.probes.linear_sgd import linear_sgd_probe
+from jepa.eval.probes.attentive import AttentivePooler, attentive_probe
+from jepa.eval.probes.data import batches, low_shot_indices
+from jepa.eval.probes.linear_sgd import linear_sgd_probe
 from jepa.config import ProbeConfig
 from jepa.train import Trainer
 from jepa.transforms import EvalTransform

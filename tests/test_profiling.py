@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+import jepa.cpu as cpu
 import jepa.profiling as profiling
 from jepa.config import load_config
 from jepa.profiling import PHASES, PhaseTimer, top_level_aten_ops
@@ -76,8 +77,8 @@ def test_top_level_aten_ops_counts_only_outermost_calls():
 
 @pytest.mark.parametrize("env", ["0", "1"])
 def test_allocator_tuning_switch(monkeypatch, env):
-    monkeypatch.setattr(profiling, "_allocator_tuned", None)
+    monkeypatch.setattr(cpu, "_allocator_tuned", None)
     monkeypatch.setenv("JEPA_TUNE_MALLOC", env)
-    applied = profiling.tune_cpu_allocator()
-    assert applied is (env == "1" and profiling.sys.platform.startswith("linux"))
-    assert profiling.tune_cpu_allocator() is applied  # once per process
+    applied = cpu.tune_cpu_allocator()
+    assert applied is (env == "1" and cpu.sys.platform.startswith("linux"))
+    assert cpu.tune_cpu_allocator() is applied  # once per process

@@ -127,3 +127,14 @@ def test_top_level_import_names_are_ours_alone():
     assert not (ROOT / "kernels").exists() and not (ROOT / "tests" / "kernels").exists()
     setup = (ROOT / "setup.py").read_text()
     assert 'name="jepa-trainer"' in setup and '"kernels.*"' not in setup
+
+
+def test_every_console_script_names_a_main_that_exists():
+    """setup.py's ``jepa-NAME=jepa.NAME:main`` entry points survive a module becoming a package."""
+    import importlib
+    import re
+    clis = re.search(r"CLIS = \(([^)]*)\)", (ROOT / "setup.py").read_text()).group(1)
+    names = re.findall(r'"(\w+)"', clis)
+    assert "eval" in names and "train" in names
+    for name in names:
+        assert callable(getattr(importlib.import_module(f"jepa.{name}"), "main", None)), f"jepa.{name}:main"

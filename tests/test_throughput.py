@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import reference_code_step, throughput  # noqa: E402
 from jepa.config import load_config  # noqa: E402
-from jepa.profiling import cpu_flags, cpu_has_bf16_matmul, cpu_model  # noqa: E402
+from jepa.cpu import cpu_flags, cpu_has_bf16_matmul, cpu_model  # noqa: E402
 from jepa.train import Trainer  # noqa: E402
 from small_config import SMALL_BASE  # noqa: E402
 

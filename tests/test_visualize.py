@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from jepa import pictures as pic
+from jepa import drawing as pic
 from jepa import visualize as viz
 from jepa.config import ConfigError, load_config
 from jepa.masks import MaskSampler

@@ -10,8 +10,8 @@ import torch
 
 import jepa_kernels
 from jepa import distributed as jdist
+from jepa.cpu import cpu_has_bf16_matmul
 from jepa.monitoring.progress import Progress
-from jepa.profiling import cpu_has_bf16_matmul
 
 log = logging.getLogger("jepa")
 

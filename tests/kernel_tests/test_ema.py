@@ -170,6 +170,29 @@ def test_plan_is_reused_and_rebuilt_when_a_storage_changes(triton_backend):
     assert old_ptr not in ema.plan_for(params, os_).table[:, 0].tolist()
 
 
+def test_a_plan_dies_with_a_storage_and_a_new_tensor_at_the_same_address_gets_its_own(triton_backend):
+    """A plan keeps no tensor alive and is dead the moment one of its storages is freed: a new storage handed
+    the same memory (same addresses, same cache key) gets a plan of its own."""
+    import weakref
+
+    from jepa_kernels import ema
+    ema.clear_plans()
+    (memory,), os_ = make_pairs([torch.float32], [(8193,)])  # memory outlives the tensors over it below
+    target = torch.from_dlpack(memory)  # a storage of its own over ``memory``
+    storage = weakref.ref(target.untyped_storage())
+    plan = ema.plan_for([target], os_)
+    del target
+    kept = storage() is not None
+    assert not kept, "the plan kept the tensor's storage alive"
+    assert plan.dead
+    again = torch.from_dlpack(memory)
+    assert again.data_ptr() == memory.data_ptr()
+    assert ema.plan_for([again], os_) is not plan and plan not in ema._PLANS.values()
+    before = [again.clone()]
+    jepa_kernels.ema_update_([again], os_, 0.9)
+    check([again], before, os_, 0.9)
+
+
 def test_alignment_is_per_tensor(triton_backend):
     """One unaligned pair does not take the 16-byte hints (vector loads) from the others."""
     from jepa_kernels import ema

@@ -41,12 +41,6 @@ def display_scale(image_size: int, target: int = 96) -> int:
     return max(1, round(target / image_size))
 
 
-def cell_box(token: int, grid: tuple[int, int], cell: int) -> tuple[int, int, int, int]:
-    """Pixel box ``(top, left, bottom, right)`` (exclusive ends) of patch ``token`` with ``cell``-pixel cells."""
-    r, c = divmod(int(token), grid[1])
-    return r * cell, c * cell, (r + 1) * cell, (c + 1) * cell
-
-
 def outline_width(cell: int) -> int:
     return max(1, cell // 8)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from jepa.probes.data import batches, labelled_indices, steps_per_epoch, train_head
+from jepa.eval.probes.data import batches, labelled_indices, steps_per_epoch, train_head
 from jepa.schedules import Schedules
 
 

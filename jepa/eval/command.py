@@ -11,7 +11,7 @@ The protocols are fixed (never tuned per checkpoint), so numbers are comparable:
   (``LINEAR_PROBE``), top-1 on the test split;
 * k-NN: k = 20 (and 10, 100 from the same search) nearest train features by cosine
   similarity, votes weighted by ``exp(similarity / 0.07)``, top-1 on the test split;
-* ``linear-sgd`` and ``attentive``: the streamed probes of ``jepa.probes`` (settings in the
+* ``linear-sgd`` and ``attentive``: the streamed probes of ``jepa.eval.probes`` (settings in the
   ``probe`` config section, overridable as ``--probe.key value``); ``all`` runs every protocol.
 
 Results of several calls on the same checkpoint, data and features accumulate in one JSON report
@@ -23,145 +23,31 @@ the run started from) and raw pixels. Features are cached per checkpoint file co
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
-
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
-
 from jepa import cli
-from jepa.checkpoint import CheckpointError, check_output, load_file
+from jepa.checkpoint import check_output
 from jepa.config import config_from_dict, parse_overrides
 from jepa.datasets import load_dataset
-from jepa.device import autocast, pick_device
+from jepa.device import pick_device
 from jepa.errors import ConfigError
-from jepa.export import check_image_size, encoder_from, read_encoder, source_config, source_digest
-from jepa.io import atomic_save, atomic_write_text
-from jepa.models import Pooling, build_encoder, pool_tokens
-from jepa.models.attention import resolve_backend
-from jepa.probes.attentive import attentive_probe
-from jepa.probes.data import training_augment
-from jepa.probes.linear_sgd import linear_sgd_probe
-from jepa.monitoring.progress import Progress
+from jepa.eval.features import (FEATURES, cache_path, cached_features, extract_features, load_source,
+                                random_init_encoder, run_data_root)
+from jepa.eval.probes.attentive import attentive_probe
+from jepa.eval.probes.data import training_augment
+from jepa.eval.probes.knn import KNN, knn_predict_many
+from jepa.eval.probes.linear import LINEAR_PROBE, linear_probe
+from jepa.eval.probes.linear_sgd import linear_sgd_probe
+from jepa.eval.report import METHODS, format_table, report_path, write_report
+from jepa.models import pool_tokens
 from jepa.transforms import EvalTransform
-
-log = logging.getLogger("jepa")
 
 Protocol = Literal["linear", "knn", "both", "linear-sgd", "attentive", "all"]
 PROTOCOLS: tuple[str, ...] = Protocol.__args__
-LINEAR_PROBE = {"optimizer": "L-BFGS (full batch, strong Wolfe line search, history 20)", "max_iter": 300,
-                "l2": 1e-4, "standardize": True}
-KNN = {"k": 20, "also_k": [10, 100], "temperature": 0.07, "similarity": "cosine"}
-FEATURES: tuple[str, ...] = Pooling.__args__
-METHODS = {"pretrained": "pre-trained", "random_init": "random init", "raw_pixels": "raw pixels"}
-CACHE_VERSION = "features-v1"
-
-
-# ---------------------------------------------------------------- features
-
-
-@torch.no_grad()
-def extract_features(encoder, dataset, transform, features: str = "mean", batch_size: int = 256,
-                     device="cpu", indices: torch.Tensor | None = None, progress: bool = False,
-                     amp_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features ``[N, F]`` (float32, CPU) and labels ``[N]`` of ``dataset`` (items ``indices``, default all).
-
-    ``encoder=None`` gives raw pixels: the transformed image, flattened.
-    """
-    idx = torch.arange(len(dataset)) if indices is None else indices
-    if encoder is not None:
-        was_training = encoder.training
-        encoder.eval()
-    bar = Progress(math.ceil(len(idx) / batch_size), enabled=progress)
-    out, labels = [], []
-    try:
-        for i, start in enumerate(range(0, len(idx), batch_size)):
-            images, y = dataset.get_batch(idx[start:start + batch_size])
-            x = transform(images).to(device)
-            if encoder is None:
-                f = x.flatten(1)
-            else:
-                with autocast(device, amp_dtype):
-                    f = pool_tokens(encoder, x, features)
-            out.append(f.float().cpu())
-            labels.append(y)
-            bar.update(i + 1)
-            bar.set_postfix(images=start + len(y))  # redraws on a terminal, a line every 30 s in a log
-    finally:
-        bar.close()
-        if encoder is not None:
-            encoder.train(was_training)
-    return torch.cat(out), torch.cat(labels)
-
-
-# ---------------------------------------------------------------- protocols
-
-
-def standardize(train_x: torch.Tensor, test_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale every feature to zero mean, unit std on the train split (constant features are only centred)."""
-    mean = train_x.mean(0)
-    std = train_x.std(0)
-    std = torch.where(std > 1e-6, std, torch.ones_like(std))
-    return (train_x - mean) / std, (test_x - mean) / std
-
-
-def linear_probe(train_x, train_y, test_x, test_y, num_classes: int, max_iter: int = LINEAR_PROBE["max_iter"],
-                 l2: float = LINEAR_PROBE["l2"]) -> float:
-    """Top-1 on the test split of a softmax classifier on standardised features (see ``LINEAR_PROBE``).
-
-    Minimises mean cross-entropy + ``l2 · ||W||²`` (bias not decayed) with full-batch
-    L-BFGS from zero weights: deterministic, no learning rate or epochs to choose.
-    """
-    xs, xt = standardize(train_x.float(), test_x.float())
-    w = torch.zeros(xs.shape[1], num_classes, requires_grad=True)
-    b = torch.zeros(num_classes, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-6, tolerance_change=1e-9)
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(xs @ w + b, train_y) + l2 * w.pow(2).sum()
-        loss.backward()
-        return loss
-    with torch.enable_grad():
-        opt.step(closure)
-    with torch.no_grad():
-        return (xt @ w + b).argmax(1).eq(test_y).float().mean().item()
-
-
-def knn_predict_many(train_x, train_y, test_x, num_classes: int, ks=(KNN["k"],),
-                     temperature: float = KNN["temperature"], chunk: int = 1024) -> dict[int, torch.Tensor]:
-    """Class predictions ``[T]`` for every k in ``ks`` from one neighbour search: votes of the ``k`` most
-    cosine-similar train items, weighted ``exp(sim / t)``."""
-    train_n = F.normalize(train_x.float(), dim=1)
-    preds: dict[int, list] = {k: [] for k in ks}
-    for start in range(0, test_x.shape[0], chunk):
-        q = F.normalize(test_x[start:start + chunk].float(), dim=1)
-        sims, nn_idx = (q @ train_n.T).topk(min(max(ks), train_n.shape[0]), dim=1)  # sorted, most similar first
-        weights, labels = (sims.double() / temperature).exp(), train_y[nn_idx]
-        for k in ks:
-            votes = torch.zeros(q.shape[0], num_classes, dtype=torch.float64)
-            votes.scatter_add_(1, labels[:, :k], weights[:, :k])
-            preds[k].append(votes.argmax(1))
-    return {k: torch.cat(p) for k, p in preds.items()}
-
-
-def knn_predict(train_x, train_y, test_x, num_classes: int, k: int = KNN["k"],
-                temperature: float = KNN["temperature"], chunk: int = 1024) -> torch.Tensor:
-    """Class predictions ``[T]``: votes of the ``k`` most cosine-similar train items, weighted ``exp(sim / t)``."""
-    return knn_predict_many(train_x, train_y, test_x, num_classes, (k,), temperature, chunk)[k]
-
-
-def knn_accuracy(train_x, train_y, test_x, test_y, num_classes: int, k: int = KNN["k"],
-                 temperature: float = KNN["temperature"]) -> float:
-    return knn_predict(train_x, train_y, test_x, num_classes, k, temperature).eq(test_y).float().mean().item()
 
 
 def run_protocols(train, test, num_classes: int, protocol: str = "both") -> dict:
@@ -193,65 +79,6 @@ def streamed_protocols(protocol: str, encoder, cfg, train_ds, test_ds, transform
         out["attentive"] = round(attentive_probe(encoder, encoder.embed_dim, heads, train_ds, test_ds, transform,
                                                  train_ds.num_classes, cfg.probe, device, progress), 6)
     return out
-
-
-# ---------------------------------------------------------------- cache
-
-
-def cache_path(folder: Path, label: str, key: dict) -> Path:
-    """``folder/<label>.<hash of key>.pt``: any change of source, data or feature option is a new file."""
-    digest = hashlib.sha256(json.dumps({"v": CACHE_VERSION, **key}, sort_keys=True, default=str).encode())
-    return folder / f"{label}.{digest.hexdigest()[:16]}.pt"
-
-
-def cached_features(path: Path | None, compute) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load ``(features, labels)`` from ``path`` or compute and store them there (``path=None``: no cache)."""
-    if path is not None and path.is_file():
-        try:
-            data = load_file(path)
-            log.info("features from cache %s", path)
-            return data["features"], data["labels"]
-        except (CheckpointError, KeyError, TypeError) as e:
-            log.warning("ignoring unreadable feature cache %s (%s); recomputing", path, e)
-    feats, labels = compute()
-    if path is not None:
-        try:
-            atomic_save({"features": feats, "labels": labels}, path)
-        except OSError as e:
-            log.warning("could not write the feature cache %s (%s); continuing without it", path, e)
-    return feats, labels
-
-
-# ---------------------------------------------------------------- the command
-
-
-def load_source(path: Path, encoder: str, device, num_heads: int | None = None, image_size: int | None = None):
-    """``(model config, trained encoder, step, source digest)`` of anything jepa reads (docs/interop.md).
-
-    Foreign weights store no config: the returned one describes their encoder. ``image_size`` rebuilds
-    the encoder for another input size (position table interpolated or recomputed).
-    """
-    enc = read_encoder(path, encoder, num_heads=num_heads)
-    if image_size is not None:
-        check_image_size(image_size, enc["spec"]["patch_size"], path, "--image-size")
-    trained = encoder_from(enc, device, path, image_size)
-    return source_config(enc, path, image_size), trained, enc["step"], source_digest(path)
-
-
-def random_init_encoder(cfg, device):
-    """The encoder the run started from: built under ``training.seed`` without touching the global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.training.seed)
-        enc = build_encoder(cfg, resolve_backend(cfg.model.attention, device))
-    return enc.to(device).eval()
-
-
-def run_data_root(cfg, name: str) -> str | None:
-    """Where the run found dataset ``name`` (its ``data.root``, or the root of its ``data.mix`` part of that name),
-    so a run trained with ``--data.root X`` is evaluated without repeating it; None for another dataset."""
-    if cfg.data.mix:
-        return next((part.root for part in cfg.data.mix if part.name == name), None)
-    return cfg.data.root if name == cfg.data.dataset else None
 
 
 def evaluate(checkpoint: str | Path, dataset: str | None = None, protocol: str = "both", encoder: str = "target",
@@ -328,65 +155,6 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None, protocol: str =
     return report
 
 
-# ---------------------------------------------------------------- the report
-
-
-REPORT_IDENTITY = ("checkpoint_sha256", "dataset", "test_split", "train_images", "test_images", "encoder", "features")
-
-
-def report_path(checkpoint: Path, dataset: str) -> Path:
-    return checkpoint.with_name(f"{checkpoint.stem}.eval.{dataset}.json")
-
-
-def write_report(report: dict, out: Path) -> dict:
-    """Write ``report`` to ``out``, keeping the other protocols' results of a report there on the same checkpoint
-    file and data (``REPORT_IDENTITY``); a report on anything else is replaced. Returns what was written."""
-    try:
-        old = json.loads(out.read_text()) if out.is_file() else None
-    except (OSError, ValueError):
-        old = None
-    if isinstance(old, dict) and all(old.get(k) == report.get(k) for k in REPORT_IDENTITY):
-        results = {m: dict(r) for m, r in old.get("results", {}).items()}
-        for method, r in report["results"].items():
-            results[method] = {**results.get(method, {}), **r}
-        runs = {**old.get("finetune_runs", {}), **report.get("finetune_runs", {})}
-        report = {**old, **report, "results": results, **({"finetune_runs": runs} if runs else {})}
-    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
-    return report
-
-
-def finetune_label(key: str) -> str:
-    """Column name of a fine-tuning result: ``finetune``, ``finetune_shots10``, ``finetune_frac0.01``."""
-    if key.startswith("finetune_shots"):
-        return f"fine-tune {key[len('finetune_shots'):]}-shot"
-    if key.startswith("finetune_frac"):
-        return f"fine-tune {100 * float(key[len('finetune_frac'):]):g} %"
-    return "full fine-tune"
-
-
-def format_table(report: dict) -> str:
-    """Markdown table: one row per feature source, a column per protocol in the report, top-1 in percent."""
-    present = set().union(*(r.keys() for r in report["results"].values()))
-    cols = [("linear", "linear probe top-1")] if "linear" in present else []
-    if "knn" in present:
-        ks = sorted({int(k) for r in report["results"].values() for k in r.get("knn_k", {})} or {KNN["k"]})
-        cols += [(f"knn_k.{k}" if k != KNN["k"] else "knn", f"k-NN top-1 (k={k})") for k in ks]
-    cols += [(c, h) for c, h in (("linear_sgd", "SGD linear probe top-1"), ("attentive", "attentive probe top-1"))
-             if c in present]
-    tuned = sorted((c for c in present if c.startswith("finetune")), key=lambda c: (c == "finetune", c))
-    cols += [(c, finetune_label(c) + " top-1") for c in tuned]
-
-    def cell(r, col):
-        v = r.get("knn_k", {}).get(col.split(".")[1]) if col.startswith("knn_k.") else r.get(col)
-        return f"{100 * v:.1f} %" if isinstance(v, (int, float)) else "–"
-    lines = ["| features | " + " | ".join(h for _, h in cols) + " |", "|---|" + "---:|" * len(cols)]
-    for method in ("raw_pixels", "random_init", "pretrained"):
-        r = report["results"].get(method)
-        if r is not None:
-            lines.append(f"| {METHODS[method]} | " + " | ".join(cell(r, c) for c, _ in cols) + " |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     return cli.run(run, argv)
 
@@ -445,7 +213,3 @@ def run(argv: list[str] | None = None) -> int:
     print(format_table(report))
     print(f"wrote {report['json']} ({report['seconds']:.0f}s)")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from jepa.probes.data import batches, labelled_indices, steps_per_epoch, train_head
-from jepa.probes.linear_sgd import accuracy, feature_moments
+from jepa.eval.probes.data import batches, labelled_indices, steps_per_epoch, train_head
+from jepa.eval.probes.linear_sgd import accuracy, feature_moments
 from jepa.schedules import Schedules
 
 
