@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 from bench import harness  # noqa: E402
 from jepa.config import load_config  # noqa: E402
 from jepa.data import TrainBatches  # noqa: E402
-from jepa.datasets.folder import load_imagefolder  # noqa: E402
+from jepa.data.datasets.folder import load_imagefolder  # noqa: E402
 from jepa.shards import write_shards  # noqa: E402
 
 SCALE, RATIO = (0.3, 1.0), (3 / 4, 4 / 3)
@@ -208,7 +208,7 @@ def measure(name: str, spec: Path, args, workers: int) -> dict:
 
 def reduced_decode_fraction(spec: Path, args, draws: int = 2000) -> float:
     """The share of crops that decode at a reduced JPEG scale on this dataset and image size."""
-    from jepa.crops import FileCrops, draft_scale
+    from jepa.data.crops import FileCrops, draft_scale
     crops = FileCrops(args.image_size, 3, SCALE, RATIO)
     files = sorted((spec / "folder" / "train").rglob("*.jpg"))
     rng = random.Random(0)

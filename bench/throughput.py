@@ -38,7 +38,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import jepa_kernels  # noqa: E402
-import jepa.data  # noqa: E402
+import jepa.data.batches  # noqa: E402
 import jepa.device  # noqa: E402
 import jepa.models.vit  # noqa: E402
 import jepa.train  # noqa: E402
@@ -72,7 +72,7 @@ class FlopCounter:
     def __call__(self, batch) -> int:
         key = (tuple(batch.images.shape), tuple(batch.ctx_idx.shape), tuple(batch.tgt_idx.shape), batch.block_hw)
         if key not in self.cache:
-            meta = jepa.data.Batch(torch.empty(batch.images.shape, device="meta"), batch.labels.to("meta"),
+            meta = jepa.data.batches.Batch(torch.empty(batch.images.shape, device="meta"), batch.labels.to("meta"),
                                    batch.ctx_idx.to("meta"), batch.tgt_idx.to("meta"), batch.block_hw)
             with FlopCounterMode(display=False) as counter:
                 if self.reference:
@@ -171,7 +171,7 @@ def measure(trainer, cfg, args) -> dict:
     mem, mem_source = peak_memory(device)
 
     timer = PhaseTimer(device)
-    modules = [jepa.train, jepa.data, reference_code_step]
+    modules = [jepa.train, jepa.data.batches, reference_code_step]
     if not cfg.training.compile:
         modules.append(jepa.models.vit)  # the predictor range; inside a compiled graph it must not run Python
     phase_times = []

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from jepa import cli
 from jepa.checkpoint import CheckpointError, check_output, load_file
 from jepa.config import config_from_dict, parse_overrides
-from jepa.datasets import load_dataset
+from jepa.data.datasets import load_dataset
 from jepa.device import pick_device
 from jepa.errors import ConfigError
 from jepa.export import encoder_from, read_encoder, source_config, source_digest
@@ -50,7 +50,7 @@ from jepa.probes.attentive import attentive_probe
 from jepa.probes.data import training_augment
 from jepa.probes.linear_sgd import linear_sgd_probe
 from jepa.progress import Progress
-from jepa.transforms import EvalTransform
+from jepa.data.transforms import EvalTransform
 
 log = logging.getLogger("jepa")
 

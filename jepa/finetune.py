@@ -27,7 +27,7 @@ from jepa import cli
 from jepa import distributed as jdist
 from jepa.checkpoint import FORMAT, Checkpointer, restore_rng, rng_state
 from jepa.config import ConfigError, config_from_dict, parse_overrides
-from jepa.datasets import load_dataset
+from jepa.data.datasets import load_dataset
 from jepa.device import pick_precision, setup_process
 from jepa.eval import load_source, random_init_encoder, report_path, run_data_root, write_report
 from jepa.export import read_encoder
@@ -38,7 +38,7 @@ from jepa.probes.data import batches, labelled_indices, low_shot_indices, traini
 from jepa.probes.linear_sgd import accuracy
 from jepa.schedules import Schedules
 from jepa.signals import StopOnSignal
-from jepa.transforms import EvalTransform
+from jepa.data.transforms import EvalTransform
 
 log = logging.getLogger("jepa")
 

@@ -6,14 +6,15 @@ import time
 
 import torch
 
-from jepa.data import build_dataset, mix_seed, normalisation
-from jepa.datasets import load_dataset
-from jepa.datasets.decode import BadImageError
-from jepa.datasets.folder import decode_square
-from jepa.datasets.shards import ShardSet
+from jepa.data import build_dataset, normalisation
+from jepa.data.datasets import load_dataset
+from jepa.data.datasets.decode import BadImageError
+from jepa.data.datasets.folder import decode_square
+from jepa.data.shard_reader import ShardSet
 from jepa.eval import extract_features, knn_accuracy
 from jepa.metrics import rankme
-from jepa.transforms import EvalTransform
+from jepa.seeds import mix_seed
+from jepa.data.transforms import EvalTransform
 
 log = logging.getLogger("jepa")
 

@@ -22,8 +22,8 @@ import tarfile
 from pathlib import Path
 
 from jepa import cli
-from jepa.datasets.folder import IMAGE_EXTENSIONS
-from jepa.datasets.shards import FORMAT, INDEX_NAME, SHARD_PATTERN, VERSION
+from jepa.data.datasets.folder import IMAGE_EXTENSIONS
+from jepa.data.shard_reader import FORMAT, INDEX_NAME, SHARD_PATTERN, VERSION
 from jepa.errors import ConfigError, OutputExistsError
 from jepa.io import atomic_write, atomic_write_text
 from jepa.progress import Progress

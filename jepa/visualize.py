@@ -18,14 +18,15 @@ import torch.nn.functional as F
 from jepa import cli
 from jepa import distributed as jdist
 from jepa import pictures as pic
-from jepa.data import TrainBatches, mix_seed, normalisation
-from jepa.datasets import load_dataset
-from jepa.datasets.decode import BadImageError
-from jepa.datasets.shards import ShardSet
+from jepa.data import TrainBatches, normalisation
+from jepa.data.datasets import load_dataset
+from jepa.data.datasets.decode import BadImageError
+from jepa.data.shard_reader import ShardSet
+from jepa.data.transforms import EvalTransform
 from jepa.device import pick_device
 from jepa.errors import ConfigError
 from jepa.eval import extract_features, load_source, random_init_encoder, run_data_root
-from jepa.transforms import EvalTransform
+from jepa.seeds import mix_seed
 
 log = logging.getLogger("jepa")
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jepa import datasets as D
-from jepa.datasets import (DatasetFormatError, DatasetNotFoundError, DownloadError, MixtureDataset, dataset_stats,
+from jepa.data import datasets as D
+from jepa.data.datasets import (DatasetFormatError, DatasetNotFoundError, DownloadError, MixtureDataset, dataset_stats,
                            download, load_dataset)
 
 from data_formats import (stl_images_bytes, write_cifar10, write_cifar100, write_idx, write_image_folder,

@@ -12,9 +12,9 @@ from jepa.checkpoint import load_checkpoint, with_checksum
 from jepa.io import atomic_save
 from jepa.monitor import KnnMonitor
 from jepa.config import load_config
-from jepa.datasets import load_dataset
+from jepa.data.datasets import load_dataset
 from jepa.train import Trainer
-from jepa.transforms import EvalTransform
+from jepa.data.transforms import EvalTransform
 
 from small_config import SMALL_BASE, own_data_root_run_checkpoint, stopped_run_checkpoint
 

@@ -14,9 +14,9 @@ import torch
 from jepa import shards as writer
 from jepa.config import ConfigError, load_config
 from jepa.data import TrainBatches
-from jepa.datasets import DatasetFormatError, DatasetNotFoundError
-from jepa.datasets.shards import expand_braces, load_shards, shard_file_name
-from jepa.shard_stream import ShardPlan, assign_shards, buffer_order
+from jepa.data.datasets import DatasetFormatError, DatasetNotFoundError
+from jepa.data.shard_plan import ShardPlan, assign_shards, buffer_order
+from jepa.data.shard_reader import expand_braces, load_shards, shard_file_name
 from jepa.train import Trainer
 
 from data_formats import write_varied_folder

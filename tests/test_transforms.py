@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jepa.transforms import BatchAugment, CropParams, EvalTransform
+from jepa.data.transforms import BatchAugment, CropParams, EvalTransform
 
 MEAN, STD = (0.2860,), (0.3530,)
 

@@ -11,9 +11,9 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
-from jepa.bad_images import OnBadImage
+from jepa.data.bad_images import OnBadImage
 from jepa.checkpoint import BestMetric
-from jepa.datasets import DatasetName
+from jepa.data.datasets import DatasetName
 from jepa.device import Precision
 from jepa.distributed import DistBackend, DistStrategy
 from jepa.losses import LossType, PredictionLoss

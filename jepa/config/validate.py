@@ -13,8 +13,8 @@ import warnings
 import torch
 
 from jepa.config.schema import VICREG_DEFAULTS, Config
-from jepa.datasets import DATASETS
-from jepa.datasets.shards import expand_braces
+from jepa.data.datasets import DATASETS
+from jepa.data.shard_reader import expand_braces
 from jepa.device import DEVICE
 from jepa.errors import ConfigError
 from jepa.masks import MaskSampler, block_size

@@ -13,7 +13,7 @@ import torch
 
 from jepa.checkpoint import CheckpointError
 from jepa.models import MODEL_SIZES
-from jepa.datasets import dataset_stats
+from jepa.data.datasets import dataset_stats
 
 # The official model table: width -> heads (tiny 192/3 ... giant 1408/16); official checkpoints do not store heads.
 WIDTH_HEADS = {dim: heads for dim, _, heads in MODEL_SIZES.values()}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Literal, Sequence
 
-from jepa.datasets.decode import BadImageError
+from jepa.data.datasets.decode import BadImageError
 
 OnBadImage = Literal["error", "skip"]
 

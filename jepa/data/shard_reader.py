@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from jepa.datasets.errors import DatasetFormatError, DatasetNotFoundError
+from jepa.data.datasets.errors import DatasetFormatError, DatasetNotFoundError
 from jepa.errors import ConfigError
 
 INDEX_NAME = "index.json"

@@ -5,7 +5,7 @@ its masks with a generator seeded from its coordinates, so the stream is the sam
 with any number of DataLoader workers and a resumed run can start mid-epoch by
 skipping batches without loading them. In-memory datasets are augmented a whole
 batch at once in torch; image files are cropped one by one at full resolution
-(jepa.crops) with a seed per image; shards stream in the order jepa.shard_stream plans.
+(jepa.data.crops) with a seed per image; shards stream in the order jepa.data.shard_plan plans.
 """
 from __future__ import annotations
 
@@ -16,17 +16,17 @@ import torch
 from torch.profiler import record_function
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, get_worker_info
 
-from jepa.bad_images import BadImages
-from jepa.crops import FileCrops
-from jepa.datasets import (DatasetFormatError, DatasetNotFoundError, ImageFolderDataset, MixtureDataset, dataset_stats,
-                           load_dataset)
-from jepa.datasets.decode import BadImageError
-from jepa.datasets.shards import ShardSet, load_shards
+from jepa.data.bad_images import BadImages
+from jepa.data.crops import FileCrops
+from jepa.data.datasets import (DatasetFormatError, DatasetNotFoundError, ImageFolderDataset, MixtureDataset,
+                                dataset_stats, load_dataset)
+from jepa.data.datasets.decode import BadImageError
+from jepa.data.shard_plan import ShardPlan, read_in_order
+from jepa.data.shard_reader import ShardSet, load_shards
+from jepa.data.transforms import BatchAugment, normalize
 from jepa.errors import ConfigError
 from jepa.masks import MaskSampler
 from jepa.seeds import mix_seed
-from jepa.shard_stream import ShardPlan, read_in_order
-from jepa.transforms import BatchAugment, normalize
 
 __all__ = ["Batch", "TrainBatches", "mix_seed", "build_dataset", "build_augment", "build_crops", "build_mask_sampler",
            "normalisation"]

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from jepa.datasets.memory import ImageDataset
+from jepa.data.datasets.memory import ImageDataset
 
 
 class MixtureDataset(torch.utils.data.Dataset):
