@@ -45,7 +45,7 @@ from bench import harness  # noqa: E402
 from jepa.config import load_config  # noqa: E402
 from jepa.data import TrainBatches  # noqa: E402
 from jepa.data.datasets.folder import load_imagefolder  # noqa: E402
-from jepa.shards import write_shards  # noqa: E402
+from jepa.data.shard_writer import write_shards  # noqa: E402
 
 SCALE, RATIO = (0.3, 1.0), (3 / 4, 4 / 3)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -104,7 +104,7 @@ def make_dataset(cache: Path, n: int, lo: int, hi: int, quality: int = 90, seed:
     print(f"writing {n} synthetic JPEGs into {spec} (once) ...", flush=True)
     with Pool(os.cpu_count()) as pool:
         pool.map(_write_photo, jobs, chunksize=16)
-    write_shards(spec / "folder" / "train", spec / "shards", num_shards=SHARDS, progress=False,
+    write_shards(spec / "folder" / "train", spec / "shards", num_shards=SHARDS,
                  force=True)  # this cache folder is the bench's own; an interrupted earlier write is replaced
     harness.write_json(marker, {"images": n, "sides": [lo, hi], "quality": quality, "seed": seed})
     return spec
