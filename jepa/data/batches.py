@@ -28,8 +28,11 @@ from jepa.errors import ConfigError
 from jepa.masks import MaskSampler
 from jepa.seeds import mix_seed
 
-__all__ = ["Batch", "TrainBatches", "mix_seed", "build_dataset", "build_augment", "build_crops", "build_mask_sampler",
+__all__ = ["Batch", "TrainBatches", "build_dataset", "build_augment", "build_crops", "build_mask_sampler",
            "normalisation"]
+
+# tags the sample order's seed, apart from the loader's mix_seed(seed, epoch); any value would do, 7 keeps past orders
+ORDER_SALT = 7
 
 
 @dataclass
@@ -197,7 +200,7 @@ class EpochBatches(Dataset):
             else:
                 raw, part_labels = part.get_batch(local)
                 part_images = self.augment(raw, g)
-            images[slots], labels[slots] = part_images, ds._map_labels(p, part_labels)
+            images[slots], labels[slots] = part_images, ds.mixture_labels(p, part_labels)
         return images, labels, None, bad
 
 
@@ -284,25 +287,28 @@ class TrainBatches:
         shuffle strided over ranks, the uneven tail dropped); a mixture's weighted draw is strided the same way."""
         n = len(self.dataset)
         if isinstance(self.dataset, MixtureDataset):
-            g = torch.Generator().manual_seed(mix_seed(self.cfg.training.seed, epoch, 7))
+            g = torch.Generator().manual_seed(mix_seed(self.cfg.training.seed, epoch, ORDER_SALT))
             order = torch.multinomial(self.dataset.sample_weights(), n, replacement=True, generator=g)
             usable = (n // self.world_size) * self.world_size
             return order[:usable][self.rank::self.world_size]
         sampler = DistributedSampler(self.dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True,
-                                     seed=mix_seed(self.cfg.training.seed, 7), drop_last=True)
+                                     seed=mix_seed(self.cfg.training.seed, ORDER_SALT), drop_last=True)
         sampler.set_epoch(epoch)
         return torch.tensor(list(sampler), dtype=torch.long)
 
+    def batches(self, epoch: int, start: int = 0) -> EpochBatches | ShardBatches:
+        """The loader's dataset of ``epoch``'s batches: indexed by batch, or for shards streamed from ``start`` on."""
+        seed = self.cfg.training.seed
+        if isinstance(self.dataset, ShardSet):
+            return ShardBatches(self.dataset, self.plan, self.crops, self.norm, self.sampler, seed, self.rank, epoch,
+                                start)
+        return EpochBatches(self.dataset, self.order(epoch), self.batch_size, self.augment, self.sampler, seed,
+                            self.rank, epoch, self.crops, self.norm)
+
     def epoch(self, epoch: int, start: int = 0):
         seed, workers = self.cfg.training.seed, self.cfg.data.num_workers
-        if isinstance(self.dataset, ShardSet):
-            batches = ShardBatches(self.dataset, self.plan, self.crops, self.norm, self.sampler, seed, self.rank,
-                                   epoch, start)
-            order = None
-        else:
-            batches = EpochBatches(self.dataset, self.order(epoch), self.batch_size, self.augment, self.sampler,
-                                   seed, self.rank, epoch, self.crops, self.norm)
-            order = range(start, len(batches))
+        batches = self.batches(epoch, start)
+        order = None if isinstance(batches, ShardBatches) else range(start, len(batches))
         loader = DataLoader(batches, batch_size=None, sampler=order, num_workers=workers,
                             pin_memory=self.pin_memory, persistent_workers=False,
                             prefetch_factor=4 if workers else None, worker_init_fn=_ignore_sigint,
@@ -312,13 +318,8 @@ class TrainBatches:
     def first_batch(self, epoch: int) -> Batch:
         """Batch 0 of ``epoch`` as training draws it, normalised, on the CPU (for pictures: no loader workers, and
         files it replaces are not counted against ``data.max_bad_images``)."""
-        seed = self.cfg.training.seed
-        if isinstance(self.dataset, ShardSet):
-            batch = next(iter(ShardBatches(self.dataset, self.plan, self.crops, self.norm, self.sampler, seed,
-                                           self.rank, epoch, 0)))
-        else:
-            batch = EpochBatches(self.dataset, self.order(epoch), self.batch_size, self.augment, self.sampler, seed,
-                                 self.rank, epoch, self.crops, self.norm)[0]
+        batches = self.batches(epoch)
+        batch = next(iter(batches)) if isinstance(batches, ShardBatches) else batches[0]
         if isinstance(batch, LoaderFailure):
             raise batch.error
         return batch.to(torch.device("cpu"))
