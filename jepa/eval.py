@@ -50,7 +50,7 @@ from jepa.probes.attentive import attentive_probe
 from jepa.probes.data import training_augment
 from jepa.probes.linear_sgd import linear_sgd_probe
 from jepa.progress import Progress
-from jepa.data.transforms import EvalTransform
+from jepa.data.transforms import eval_transform
 
 log = logging.getLogger("jepa")
 
@@ -277,7 +277,7 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None, protocol: str =
     load = dict(channels=cfg.data.channels, image_size=cfg.data.image_size)
     train_ds = load_dataset(name, "train", root, subset=train_subset, **load)
     test_ds = load_dataset(name, test_split, root, subset=test_subset, **load)
-    transform = EvalTransform(cfg.data.image_size, mean, std)
+    transform = eval_transform(cfg, trained.normalization)
     cache_dir = checkpoint.parent / "eval_cache" if cache else None
     data_key = {"dataset": name, "root": str(train_ds.root), "train_n": len(train_ds), "test_n": len(test_ds),
                 "test_split": test_split, "size": cfg.data.image_size, "channels": cfg.data.channels,

@@ -38,7 +38,7 @@ from jepa.probes.data import batches, labelled_indices, low_shot_indices, traini
 from jepa.probes.linear_sgd import accuracy
 from jepa.schedules import Schedules
 from jepa.signals import StopOnSignal
-from jepa.data.transforms import EvalTransform
+from jepa.data.transforms import eval_transform
 
 log = logging.getLogger("jepa")
 
@@ -95,7 +95,7 @@ class Finetuner:
         self.device, self.amp_dtype = device, pick_precision(cfg.training.precision, device)
         _, trained, self.source_step, self.digest = load_source(self.checkpoint, encoder, device)
         mean, std = trained.normalization["mean"], trained.normalization["std"]
-        self.transform = EvalTransform(cfg.data.image_size, mean, std)
+        self.transform = eval_transform(cfg, trained.normalization)
         self.augment = training_augment(cfg, mean, std) if ft.augment else None
         self.dataset = dataset or cfg.data.dataset
         root = run_data_root(cfg, self.dataset) if root is None else root

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from jepa.data import build_dataset, normalisation
+from jepa.data import build_dataset, eval_transform
 from jepa.data.datasets import load_dataset
 from jepa.data.datasets.decode import BadImageError
 from jepa.data.datasets.folder import decode_square
@@ -14,7 +14,6 @@ from jepa.data.shard_reader import ShardSet
 from jepa.eval import extract_features, knn_accuracy
 from jepa.metrics import rankme
 from jepa.seeds import mix_seed
-from jepa.data.transforms import EvalTransform
 
 log = logging.getLogger("jepa")
 
@@ -65,7 +64,7 @@ class KnnMonitor:
             return None
         train, test, (train_idx, test_idx) = self.data
         t0 = time.time()
-        transform = EvalTransform(cfg.data.image_size, *normalisation(cfg))
+        transform = eval_transform(cfg)
         encoder = model.target_encoder if cfg.eval.encoder == "target" else model.context_encoder
         feats = [extract_features(encoder, ds, transform, cfg.eval.features, cfg.data.batch_size, self.device, idx,
                                   amp_dtype=self.amp_dtype) for ds, idx in ((train, train_idx), (test, test_idx))]
@@ -92,7 +91,7 @@ def held_out_images(cfg, n: int, train_dataset) -> tuple[torch.Tensor, str]:
     else:
         g = torch.Generator().manual_seed(mix_seed(cfg.training.seed, 4099))
         images = decodable_images(source, torch.randperm(len(source), generator=g), n)
-    return EvalTransform(cfg.data.image_size, *normalisation(cfg))(images), where
+    return eval_transform(cfg)(images), where
 
 
 def first_shard_images(shards: ShardSet, n: int) -> torch.Tensor:

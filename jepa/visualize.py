@@ -18,11 +18,10 @@ import torch.nn.functional as F
 from jepa import cli
 from jepa import distributed as jdist
 from jepa import pictures as pic
-from jepa.data import TrainBatches, normalisation
+from jepa.data import TrainBatches, eval_transform, normalisation
 from jepa.data.datasets import load_dataset
 from jepa.data.datasets.decode import BadImageError
 from jepa.data.shard_reader import ShardSet
-from jepa.data.transforms import EvalTransform
 from jepa.device import pick_device
 from jepa.errors import ConfigError
 from jepa.eval import extract_features, load_source, random_init_encoder, run_data_root
@@ -85,7 +84,7 @@ class PictureMaker:
         self.device, self.amp_dtype = torch.device(device), amp_dtype
         self.seed = cfg.training.seed
         self.mean, self.std = normalisation(cfg)
-        self.transform = EvalTransform(cfg.data.image_size, self.mean, self.std)
+        self.transform = eval_transform(cfg)
         self.scale = pic.display_scale(cfg.data.image_size)
         self.grid_idx = fixed_indices(self.test, images, self.seed, 11)
         self.query_idx = fixed_indices(self.test, queries, self.seed, 12, labelled=True)

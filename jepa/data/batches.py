@@ -19,17 +19,16 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 from jepa.data.bad_images import BadImages
 from jepa.data.crops import FileCrops
 from jepa.data.datasets import (DatasetFormatError, DatasetNotFoundError, ImageFolderDataset, MixtureDataset,
-                                dataset_stats, load_dataset)
+                                load_dataset)
 from jepa.data.datasets.decode import BadImageError
 from jepa.data.shard_plan import ShardPlan, read_in_order
 from jepa.data.shard_reader import ShardSet, load_shards
-from jepa.data.transforms import BatchAugment, normalize
+from jepa.data.transforms import BatchAugment, normalisation, normalize
 from jepa.errors import ConfigError
 from jepa.masks import MaskSampler
 from jepa.seeds import mix_seed
 
-__all__ = ["Batch", "TrainBatches", "build_dataset", "build_augment", "build_crops", "build_mask_sampler",
-           "normalisation"]
+__all__ = ["Batch", "TrainBatches", "build_dataset", "build_augment", "build_crops", "build_mask_sampler"]
 
 # tags the sample order's seed, apart from the loader's mix_seed(seed, epoch); any value would do, 7 keeps past orders
 ORDER_SALT = 7
@@ -87,13 +86,6 @@ def build_dataset(cfg, split: str = "train"):
         parts = [load_dataset(p.name, split, p.root, **common) for p in d.mix]
         return MixtureDataset(parts, [p.weight for p in d.mix])
     return load_dataset(d.dataset, split, d.root, **common)
-
-
-def normalisation(cfg) -> tuple[list[float], list[float]]:
-    d = cfg.data
-    name = d.mix[0].name if d.mix else d.dataset
-    mean, std = dataset_stats(name, d.channels)
-    return (list(mean) if d.mean is None else d.mean), (list(std) if d.std is None else d.std)
 
 
 def build_augment(cfg) -> BatchAugment:
