@@ -101,7 +101,7 @@ class PictureMaker:
             data = self.stream
         batch = data.first_batch(epoch)
         images = pic.to_rgb_uint8(batch.images[:n], self.mean, self.std)
-        grid = (self.cfg.data.image_size // self.cfg.model.patch_size,) * 2
+        grid = data.sampler.grid  # the patch grid the masks were drawn on
         tiles = []
         for i in range(images.shape[0]):
             context = torch.cat([c[i] for c in batch.ctx_idx])                   # all context masks of image i

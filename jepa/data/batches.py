@@ -16,6 +16,7 @@ import torch
 from torch.profiler import record_function
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, get_worker_info
 
+from jepa.config.grid import patch_grid
 from jepa.data.bad_images import BadImages
 from jepa.data.crops import FileCrops
 from jepa.data.datasets import (DatasetFormatError, DatasetNotFoundError, ImageFolderDataset, MixtureDataset,
@@ -104,8 +105,8 @@ def build_crops(cfg) -> FileCrops:
 
 def build_mask_sampler(cfg) -> MaskSampler:
     k = cfg.masks
-    g = cfg.data.image_size // cfg.model.patch_size
-    return MaskSampler(grid=(g, g), enc_scale=tuple(k.enc_scale), pred_scale=tuple(k.pred_scale),
+    grid = patch_grid(cfg.data.image_size, cfg.model.patch_size)
+    return MaskSampler(grid=grid, enc_scale=tuple(k.enc_scale), pred_scale=tuple(k.pred_scale),
                        aspect_ratio=tuple(k.aspect_ratio), nenc=k.nenc, npred=k.npred, min_keep=k.min_keep,
                        allow_overlap=k.allow_overlap)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from jepa.checkpoint import CheckpointError
+from jepa.config.grid import patch_grid
 from jepa.models import MODEL_SIZES
 from jepa.data.datasets import dataset_stats
 
@@ -100,8 +101,7 @@ def check_spec(spec, path: Path) -> dict:
 
 
 def grid_of(spec: dict) -> tuple[int, int]:
-    g = spec["img_size"] // spec["patch_size"]
-    return g, g
+    return patch_grid(spec["img_size"], spec["patch_size"])
 
 
 def as_float_tensors(state: dict, path: Path, what: str) -> dict:
