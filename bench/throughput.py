@@ -72,7 +72,7 @@ class FlopCounter:
     def __call__(self, batch) -> int:
         key = (tuple(batch.images.shape), tuple(batch.ctx_idx.shape), tuple(batch.tgt_idx.shape), batch.block_hw)
         if key not in self.cache:
-            meta = jepa.data.batches.Batch(torch.empty(batch.images.shape, device="meta"), batch.labels.to("meta"),
+            meta = jepa.data.Batch(torch.empty(batch.images.shape, device="meta"), batch.labels.to("meta"),
                                    batch.ctx_idx.to("meta"), batch.tgt_idx.to("meta"), batch.block_hw)
             with FlopCounterMode(display=False) as counter:
                 if self.reference:
