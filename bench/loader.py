@@ -44,8 +44,8 @@ sys.path.insert(0, str(ROOT))
 from bench import harness  # noqa: E402
 from jepa.config import load_config  # noqa: E402
 from jepa.data import TrainBatches  # noqa: E402
-from jepa.datasets.folder import load_imagefolder  # noqa: E402
-from jepa.shards import write_shards  # noqa: E402
+from jepa.data.datasets.folder import load_imagefolder  # noqa: E402
+from jepa.data.shard_writer import write_shards  # noqa: E402
 
 SCALE, RATIO = (0.3, 1.0), (3 / 4, 4 / 3)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -104,7 +104,7 @@ def make_dataset(cache: Path, n: int, lo: int, hi: int, quality: int = 90, seed:
     print(f"writing {n} synthetic JPEGs into {spec} (once) ...", flush=True)
     with Pool(os.cpu_count()) as pool:
         pool.map(_write_photo, jobs, chunksize=16)
-    write_shards(spec / "folder" / "train", spec / "shards", num_shards=SHARDS, progress=False,
+    write_shards(spec / "folder" / "train", spec / "shards", num_shards=SHARDS,
                  force=True)  # this cache folder is the bench's own; an interrupted earlier write is replaced
     harness.write_json(marker, {"images": n, "sides": [lo, hi], "quality": quality, "seed": seed})
     return spec
@@ -208,7 +208,7 @@ def measure(name: str, spec: Path, args, workers: int) -> dict:
 
 def reduced_decode_fraction(spec: Path, args, draws: int = 2000) -> float:
     """The share of crops that decode at a reduced JPEG scale on this dataset and image size."""
-    from jepa.crops import FileCrops, draft_scale
+    from jepa.data.crops import FileCrops, draft_scale
     crops = FileCrops(args.image_size, 3, SCALE, RATIO)
     files = sorted((spec / "folder" / "train").rglob("*.jpg"))
     rng = random.Random(0)

@@ -38,7 +38,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import jepa_kernels  # noqa: E402
-import jepa.data  # noqa: E402
+import jepa.data.batches  # noqa: E402
 import jepa.device  # noqa: E402
 import jepa.models.vit  # noqa: E402
 import jepa.train  # noqa: E402
@@ -172,7 +172,7 @@ def measure(trainer, cfg, args) -> dict:
     mem, mem_source = peak_memory(device)
 
     timer = PhaseTimer(device)
-    modules = [jepa.train, jepa.data, reference_code_step]
+    modules = [jepa.train, jepa.data.batches, reference_code_step]
     if not cfg.training.compile:
         modules.append(jepa.models.vit)  # the predictor range; inside a compiled graph it must not run Python
     phase_times = []

@@ -7,7 +7,7 @@ import torch
 import jepa_kernels
 from jepa_kernels.dispatch import interpreting
 from jepa import distributed as jdist
-from jepa.config.choices import DEVICE, PRECISIONS, Precision  # noqa: F401 (re-exported)
+from jepa.config.choices import DEVICE
 from jepa.errors import ConfigError, DeviceError
 from jepa.cpu import tune_cpu_allocator
 

@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from jepa.config.choices import DistBackend, DistStrategy
 from jepa.errors import ConfigError
 from jepa.slurm import ProcessLayout, process_layout, unused_slurm_tasks
 

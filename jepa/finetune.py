@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from jepa import cli
 from jepa.config import ConfigError, config_from_dict, parse_overrides
-from jepa.datasets import load_dataset
+from jepa.data.datasets import load_dataset
 from jepa.device import autocast
 from jepa.eval import load_source, random_init_encoder, report_path, run_data_root, write_report
 from jepa.export import read_encoder, source_config
@@ -34,7 +34,7 @@ from jepa.eval.probes.data import batches, labelled_indices, low_shot_indices, t
 from jepa.eval.probes.linear_sgd import accuracy
 from jepa.run import Run
 from jepa.schedules import Schedules
-from jepa.transforms import EvalTransform
+from jepa.data.transforms import eval_transform
 
 log = logging.getLogger("jepa")
 
@@ -92,7 +92,7 @@ class Finetuner(Run):
         self.lowshot = shots is not None or fraction not in (None, 1)
         _, trained, self.source_step, self.digest = load_source(self.checkpoint, encoder, device)
         mean, std = trained.normalization["mean"], trained.normalization["std"]
-        self.transform = EvalTransform(cfg.data.image_size, mean, std)
+        self.transform = eval_transform(cfg, trained.normalization)
         self.augment = training_augment(cfg, mean, std) if ft.augment else None
         self.dataset = dataset or cfg.data.dataset
         root = run_data_root(cfg, self.dataset) if root is None else root

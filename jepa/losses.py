@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 import jepa_kernels
-from jepa.config.choices import LossType, PredictionLoss
 
 LN_EPS = 1e-6  # the fused loss kernel's layer-norm eps; every target path uses it so levels agree
 

@@ -72,7 +72,7 @@ def synchronize(device: torch.device | str):
 class PhaseTimer:
     """Seconds per labelled phase, each EXCLUSIVE of the labelled phases nested in it.
 
-    ``with timer.patch(jepa.train, jepa.data):`` swaps those modules' ``record_function`` for a
+    ``with timer.patch(jepa.train, jepa.data.batches):`` swaps those modules' ``record_function`` for a
     wrapper that still opens the real range (traces keep their labels) and synchronises the
     device at both ends, so on a GPU each phase owns the kernels it launched.  Only patch
     modules whose code runs eagerly: code inside a compiled region must not call the timer.

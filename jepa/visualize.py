@@ -18,14 +18,14 @@ import torch.nn.functional as F
 from jepa import cli
 from jepa import distributed as jdist
 from jepa import drawing as pic
-from jepa.data import TrainBatches, mix_seed, normalisation
-from jepa.datasets import load_dataset
-from jepa.datasets.decode import BadImageError
-from jepa.datasets.shards import ShardSet
+from jepa.data import TrainBatches, eval_transform, normalisation
+from jepa.data.datasets import load_dataset
+from jepa.data.datasets.decode import BadImageError
+from jepa.data.shard_reader import ShardSet
 from jepa.device import autocast, pick_device
 from jepa.errors import ConfigError
 from jepa.eval import extract_features, load_source, random_init_encoder, run_data_root
-from jepa.transforms import EvalTransform
+from jepa.seeds import mix_seed
 
 log = logging.getLogger("jepa")
 
@@ -84,7 +84,7 @@ class PictureMaker:
         self.device, self.amp_dtype = torch.device(device), amp_dtype
         self.seed = cfg.training.seed
         self.mean, self.std = normalisation(cfg)
-        self.transform = EvalTransform(cfg.data.image_size, self.mean, self.std)
+        self.transform = eval_transform(cfg)
         self.scale = pic.display_scale(cfg.data.image_size)
         self.grid_idx = fixed_indices(self.test, images, self.seed, 11)
         self.query_idx = fixed_indices(self.test, queries, self.seed, 12, labelled=True)
@@ -101,7 +101,7 @@ class PictureMaker:
             data = self.stream
         batch = data.first_batch(epoch)
         images = pic.to_rgb_uint8(batch.images[:n], self.mean, self.std)
-        grid = (self.cfg.data.image_size // self.cfg.model.patch_size,) * 2
+        grid = data.sampler.grid  # the patch grid the masks were drawn on
         tiles = []
         for i in range(images.shape[0]):
             context = torch.cat([c[i] for c in batch.ctx_idx])                   # all context masks of image i

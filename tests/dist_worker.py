@@ -34,7 +34,7 @@ def make_cfg(**over):
 
 def handmade_batches(cfg, steps: int = EQUIV_STEPS, size: int = GLOBAL_BATCH):
     """``steps`` global batches of random images with masks from the real sampler, the same in every process."""
-    from jepa.data import Batch, block_shape, build_mask_sampler
+    from jepa.data.batches import Batch, block_shape, build_mask_sampler
     g = torch.Generator().manual_seed(1234)
     sampler = build_mask_sampler(cfg)
     out = []

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from jepa.config import load_config
-from jepa.datasets import load_dataset
+from jepa.data.datasets import load_dataset
 from jepa.distributed import DistInfo
 from jepa.monitoring.collapse import CollapseMonitor, held_out_images
 from jepa.monitoring.logger import TrainLogger

@@ -117,7 +117,7 @@ def test_every_config_field_has_a_docstring_and_help_config_lists_it(capsys):
     ("model.attention", "jepa.models.attention:BACKENDS"),
     ("training.kernels", "jepa_kernels.dispatch:_CHOICES"),
     ("training.precision", "jepa.device:PRECISIONS"),
-    ("data.dataset", "jepa.datasets:DATASETS"),
+    ("data.dataset", "jepa.data.datasets:DATASETS"),
     ("eval.features", "jepa.eval:FEATURES"),
     ("eval.encoder", "jepa.export:ENCODERS"),
 ])
@@ -225,7 +225,7 @@ def test_a_batch_larger_than_a_known_dataset_is_refused_and_unknown_sizes_wait_f
 
 
 def test_the_trainer_names_accum_steps_when_the_loaded_epoch_is_too_short(tmp_path):
-    from jepa.datasets import load_dataset
+    from jepa.data.datasets import load_dataset
     from jepa.train import Trainer
     from small_config import SMALL_BASE
     cfg = load_config(None, {**SMALL_BASE, "data.batch_size": "4", "training.accum_steps": "5"})

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from jepa.crops import FileCrops, draft_scale, fallback_box, sample_box
-from jepa.datasets.decode import BadImageError, decode
+from jepa.data.crops import FileCrops, draft_scale, fallback_box, sample_box
+from jepa.data.datasets.decode import BadImageError, decode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.loader import synthetic_photo  # noqa: E402
@@ -178,7 +178,7 @@ def test_reduced_jpeg_decode_stays_within_the_stated_tolerance(photos, channels)
 
 
 def test_reduced_decode_only_where_the_crop_shrinks_enough():
-    from jepa.crops import Box
+    from jepa.data.crops import Box
     assert draft_scale(Box(0, 0, 447, 500), 112) == 1
     assert draft_scale(Box(0, 0, 448, 500), 112) == 2
     assert draft_scale(Box(0, 0, 500, 1000), 62) == 4

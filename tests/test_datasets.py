@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jepa import datasets as D
-from jepa.datasets import (DatasetFormatError, DatasetNotFoundError, DownloadError, MixtureDataset, dataset_stats,
+from jepa.data import datasets as D
+from jepa.data.datasets import (DatasetFormatError, DatasetNotFoundError, DownloadError, MixtureDataset, dataset_stats,
                            download, load_dataset)
 
 from data_formats import (stl_images_bytes, write_cifar10, write_cifar100, write_idx, write_image_folder,
@@ -467,6 +467,8 @@ def test_mixture_get_batch_and_labels():
     assert torch.equal(images, torch.stack([mix[i][0] for i in idx.tolist()]))
     assert labels.tolist() == [b.labels[29] + 4, a.labels[0], b.labels[0] + 4, a.labels[19], b.labels[15] + 4]
     assert torch.equal(images[0], b.images[29]) and torch.equal(images[3], a.images[19])
+    assert mix.mixture_labels(1, torch.tensor([0, 5, -1])).tolist() == [4, 9, -1]  # unlabelled stays -1
+    assert mix.mixture_labels(0, torch.tensor([0, 3])).tolist() == [0, 3]
     assert (MixtureDataset([a, b], [1, 1], labels="none").get_batch(idx)[1] == -1).all()
     assert MixtureDataset([a, b], [1, 1], labels="shared")[20][1] == int(b.labels[0])
     with pytest.raises(IndexError):

@@ -15,7 +15,7 @@ import torch
 
 from jepa.config import ConfigError, load_config
 from jepa.data import TrainBatches
-from jepa.shards import write_shards
+from jepa.data.shard_writer import write_shards
 from jepa.train import Trainer
 
 import dist_worker as W
@@ -179,7 +179,7 @@ def test_fsdp_checkpoint_is_a_plain_checkpoint_that_one_process_resumes(fsdp, re
 
 def test_two_ranks_with_two_workers_each_see_every_shard_sample_once_per_epoch(out_dir):
     root = write_varied_folder(out_dir / "images", classes=48, per_class=1, seed=4, sides=(17, 30))
-    write_shards(root / "train", out_dir / "shards", num_shards=8, progress=False)
+    write_shards(root / "train", out_dir / "shards", num_shards=8)
     r0, r1 = launch("shards", out_dir)
     assert r0["batches_per_epoch"] == r1["batches_per_epoch"] == 6
     for epoch in (0, 1):

@@ -16,9 +16,9 @@ from jepa.io import atomic_save
 from jepa.models import pool_tokens
 from jepa.monitoring.knn import KnnMonitor
 from jepa.config import load_config
-from jepa.datasets import load_dataset
+from jepa.data.datasets import load_dataset
 from jepa.train import Trainer
-from jepa.transforms import EvalTransform
+from jepa.data.transforms import EvalTransform
 
 from small_config import SMALL_BASE, own_data_root_run_checkpoint, stopped_run_checkpoint
 

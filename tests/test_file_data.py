@@ -6,11 +6,11 @@ import re
 import pytest
 import torch
 
-from jepa.bad_images import BadImages, TooManyBadImagesError
 from jepa.config import ConfigError, load_config
-from jepa.crops import FileCrops
 from jepa.data import TrainBatches
-from jepa.datasets import BadImageError
+from jepa.data.bad_images import BadImages, TooManyBadImagesError
+from jepa.data.crops import FileCrops
+from jepa.data.datasets import BadImageError
 from jepa.seeds import mix_seed
 from jepa.train import Trainer, main
 
@@ -111,7 +111,7 @@ def test_training_skips_bad_files_and_logs_each_once(with_bad_files, tmp_path, c
 
 
 def test_rankme_batch_and_pictures_pass_over_bad_files(with_bad_files, tmp_path, caplog, one_thread):
-    from jepa.datasets import load_dataset
+    from jepa.data.datasets import load_dataset
     from jepa.monitoring.collapse import decodable_images
     train = load_dataset("imagefolder", "train", str(with_bad_files), channels=3, image_size=16)
     order = torch.arange(len(train))

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from jepa.config import ConfigError, load_config
 from jepa.data import Batch
-from jepa.datasets import load_dataset
+from jepa.data.datasets import load_dataset
 from jepa.losses import LN_EPS, pool_blocks, vicreg_loss
 from jepa.models.vit import Predictor, VisionTransformer
 from jepa.train import Trainer

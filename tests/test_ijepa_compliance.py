@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from jepa.config import load_config
-from jepa.data import build_augment, build_mask_sampler
-from jepa.datasets import load_dataset
+from jepa.data.batches import build_augment, build_mask_sampler
+from jepa.data.datasets import load_dataset
 from jepa.losses import LN_EPS
 from jepa.train import Trainer
 from jepa_kernels import masked_target_loss

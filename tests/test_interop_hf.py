@@ -11,10 +11,10 @@ from transformers import AutoImageProcessor, IJepaModel
 
 import jepa
 from jepa.config import load_config
-from jepa.datasets import dataset_stats
+from jepa.data.datasets import dataset_stats
+from jepa.data.transforms import EvalTransform
 from jepa.export import main
 from jepa.train import Trainer
-from jepa.transforms import EvalTransform
 
 from interop_helpers import SMALL, make_checkpoint, perturb_
 

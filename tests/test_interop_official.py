@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import jepa
 from jepa.checkpoint import CheckpointError, load_checkpoint
 from jepa.config import ConfigError, load_config
-from jepa.datasets import dataset_stats
+from jepa.data.datasets import dataset_stats
 from jepa.models import build_model
 from jepa.models.pos_embed import resize_grid, sincos_2d
 from jepa.train import Trainer

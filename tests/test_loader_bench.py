@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import loader  # noqa: E402
-from jepa.crops import sample_box  # noqa: E402
+from jepa.data.crops import sample_box  # noqa: E402
 
 
 def test_reference_pipeline_draws_the_same_crop_distribution_as_ours():

@@ -6,7 +6,11 @@ import math
 import pytest
 import torch
 
+from jepa.config import load_config
+from jepa.config.grid import patch_grid
+from jepa.data.batches import build_mask_sampler
 from jepa.masks import MaskSampler, expected_tokens
+from jepa.models import build_encoder
 
 GRIDS = [(7, 7), (6, 9), (14, 14)]
 
@@ -268,3 +272,11 @@ def test_constructor_validation(kwargs, name):
 def test_batch_size_validation():
     with pytest.raises(ValueError, match="batch_size"):
         MaskSampler((7, 7)).sample(0)
+
+
+def test_the_sampler_and_the_encoder_cut_the_configured_image_into_one_patch_grid():
+    cfg = load_config(None, {"data.dataset": "synthetic", "data.image_size": "24", "model.patch_size": "4",
+                             "model.embed_dim": "32", "model.depth": "1", "model.num_heads": "2",
+                             "model.pred_dim": "16", "model.pred_depth": "1", "model.pred_heads": "2"})
+    assert patch_grid(24, 4) == (6, 6) and patch_grid(30, 8) == (3, 3)
+    assert build_mask_sampler(cfg).grid == build_encoder(cfg).grid == (6, 6)

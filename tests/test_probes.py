@@ -8,13 +8,13 @@ import torch
 from jepa import eval as jeval
 from jepa.checkpoint import checkpoint_path
 from jepa.config import load_config
-from jepa.datasets import load_dataset
+from jepa.data.datasets import load_dataset
 from jepa.eval.probes.attentive import AttentivePooler, attentive_probe
 from jepa.eval.probes.data import batches, low_shot_indices
 from jepa.eval.probes.linear_sgd import linear_sgd_probe
 from jepa.config import ProbeConfig
 from jepa.train import Trainer
-from jepa.transforms import EvalTransform
+from jepa.data.transforms import EvalTransform
 
 SMALL = {"model.embed_dim": "32", "model.depth": "2", "model.num_heads": "2", "model.pred_dim": "16",
          "model.pred_depth": "1", "model.pred_heads": "2", "masks.min_keep": "4", "data.batch_size": "32",

@@ -52,7 +52,7 @@ def test_phase_timer_is_exclusive_of_nested_phases(monkeypatch):
 
 
 def test_phase_timer_patch_restores_and_keeps_trace_labels():
-    import jepa.data as data_module
+    import jepa.data.batches as data_module
     original = data_module.record_function
     timer = PhaseTimer("cpu")
     with torch.profiler.profile() as prof:

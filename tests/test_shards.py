@@ -11,12 +11,13 @@ import logging
 import pytest
 import torch
 
-from jepa import shards as writer
+from jepa import shards as shards_cli
 from jepa.config import ConfigError, load_config
 from jepa.data import TrainBatches
-from jepa.datasets import DatasetFormatError, DatasetNotFoundError
-from jepa.datasets.shards import expand_braces, load_shards, shard_file_name
-from jepa.shard_stream import ShardPlan, assign_shards, buffer_order
+from jepa.data import shard_writer as writer
+from jepa.data.datasets import DatasetFormatError, DatasetNotFoundError
+from jepa.data.shard_plan import ShardPlan, assign_shards, buffer_order
+from jepa.data.shard_reader import expand_braces, load_shards, shard_file_name
 from jepa.train import Trainer
 
 from data_formats import write_varied_folder
@@ -37,7 +38,7 @@ def source(tmp_path_factory):
 @pytest.fixture(scope="module")
 def shard_dir(source, tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
-    writer.write_shards(source, out, num_shards=8, progress=False)
+    writer.write_shards(source, out, num_shards=8)
     return out
 
 
@@ -80,7 +81,7 @@ def test_writer_lays_out_every_image_once_with_its_label_and_an_index(source, sh
 
 def test_rerun_rewrites_atomically_removes_stale_shards_and_writes_the_index_last(source, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    writer.write_shards(source, out, num_shards=8, progress=False)
+    writer.write_shards(source, out, num_shards=8)
     before = {p.name: p.read_bytes() for p in out.glob("shard-*.tar")}
     original = writer.write_shard
     calls = {"n": 0}
@@ -92,7 +93,7 @@ def test_rerun_rewrites_atomically_removes_stale_shards_and_writes_the_index_las
         return original(path, samples, bar)
     monkeypatch.setattr(writer, "write_shard", dies_on_the_third)
     with pytest.raises(KeyboardInterrupt):
-        writer.write_shards(source, out, num_shards=8, seed=7, progress=False, force=True)
+        writer.write_shards(source, out, num_shards=8, seed=7, force=True)
     assert not (out / "index.json").exists(), "an interrupted re-run left the old index beside new shards"
     assert sorted(p.name for p in out.iterdir()) == sorted(before), "a temp file or half shard was left"
     for name, data in before.items():  # every shard is complete: old or new, never half-written
@@ -100,35 +101,35 @@ def test_rerun_rewrites_atomically_removes_stale_shards_and_writes_the_index_las
     with pytest.raises(DatasetNotFoundError, match="no shard index"):
         load_shards(pattern(out), None, 3, 16)
     monkeypatch.setattr(writer, "write_shard", original)
-    writer.write_shards(source, out, num_shards=3, progress=False, force=True)
+    writer.write_shards(source, out, num_shards=3, force=True)
     assert sorted(p.name for p in out.glob("shard-*.tar")) == [f"shard-{k:06d}.tar" for k in range(3)]
     assert [s["samples"] for s in json.loads((out / "index.json").read_text())["shards"]] == [16, 16, 16]
 
 
 def test_writer_splits_by_size_and_the_cli_reports(source, tmp_path, capsys):
     total = sum(writer.tar_bytes(p.stat().st_size) for p in source.rglob("*.jpg"))
-    assert writer.main(["--src", str(source), "--out", str(tmp_path / "o"), "--shard-size", str(total // 4 + 1),
-                        "--no-progress"]) == 0
+    assert shards_cli.main(["--src", str(source), "--out", str(tmp_path / "o"), "--shard-size", str(total // 4 + 1),
+                            "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "48 images of 6 classes into 4 shards" in out and "shard-{000000..000003}.tar" in out
-    assert writer.main(["--src", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
+    assert shards_cli.main(["--src", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
     assert "not a folder" in capsys.readouterr().err
-    assert writer.main(["--src", str(source), "--out", str(tmp_path / "o3"), "--shard-size", "1 XB"]) == 2
+    assert shards_cli.main(["--src", str(source), "--out", str(tmp_path / "o3"), "--shard-size", "1 XB"]) == 2
     assert "expected a positive size like 1GB" in capsys.readouterr().err
 
 
 def test_shards_already_in_out_stop_the_command_before_it_writes_unless_force(source, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["--src", str(source), "--out", str(out), "--no-progress"]
-    assert writer.main(args + ["--num-shards", "10"]) == 0
+    assert shards_cli.main(args + ["--num-shards", "10"]) == 0
     (out / "notes.txt").write_text("mine")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     capsys.readouterr()
-    assert writer.main(args + ["--num-shards", "3", "--seed", "5"]) == 2
+    assert shards_cli.main(args + ["--num-shards", "3", "--seed", "5"]) == 2
     err = capsys.readouterr().err
     assert "index.json, shard-000000.tar … shard-000009.tar (10 shards)" in err and "--force" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "a refused run changed the folder"
-    assert writer.main(args + ["--num-shards", "3", "--seed", "5", "--force"]) == 0
+    assert shards_cli.main(args + ["--num-shards", "3", "--seed", "5", "--force"]) == 0
     said = capsys.readouterr().out
     assert "replacing index.json, shard-000000.tar … shard-000002.tar (3 shards)" in said
     assert "removing shard-000003.tar … shard-000009.tar (7 shards)" in said
@@ -146,24 +147,45 @@ def test_name_files_gives_runs_of_shards_as_ranges():
 def test_out_in_or_inside_src_is_refused_naming_both(source, inside, capsys):
     out = source / inside if inside else source
     before = sorted(p for p in source.rglob("*"))
-    assert writer.main(["--src", str(source), "--out", str(out), "--no-progress"]) == 2
+    assert shards_cli.main(["--src", str(source), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert f"--out {out}" in err and f"--src {source}" in err and "outside" in err
     assert sorted(p for p in source.rglob("*")) == before
 
 
 def test_more_shards_than_images_is_refused(source, tmp_path, capsys):
-    assert writer.main(["--src", str(source), "--out", str(tmp_path / "o"), "--num-shards", "49"]) == 2
+    assert shards_cli.main(["--src", str(source), "--out", str(tmp_path / "o"), "--num-shards", "49"]) == 2
     err = capsys.readouterr().err
     assert "--num-shards 49" in err and "only 48 images" in err and "48 or fewer" in err
     assert not (tmp_path / "o").exists()
-    assert writer.main(["--src", str(source), "--out", str(tmp_path / "o"), "--num-shards", "48", "--no-progress"]) == 0
+    assert shards_cli.main(["--src", str(source), "--out", str(tmp_path / "o"), "--num-shards", "48",
+                            "--no-progress"]) == 0
     assert "into 48 shards" in capsys.readouterr().out
+
+
+def test_the_bar_the_caller_makes_follows_every_image_and_the_cli_draws_one(source, tmp_path, capsys):
+    totals, seen = [], []
+
+    class Bar:
+        n = 0
+
+        def update(self, n):
+            self.n = n
+            seen.append(n)
+
+        def close(self):
+            seen.append("closed")
+    writer.write_shards(source, tmp_path / "a", num_shards=3, progress=lambda total: totals.append(total) or Bar())
+    assert totals == [48] and seen == list(range(1, 49)) + ["closed"]
+    writer.write_shards(source, tmp_path / "b", num_shards=3)
+    assert capsys.readouterr().err == "", "a write without a bar printed one"
+    assert shards_cli.main(["--src", str(source), "--out", str(tmp_path / "c"), "--num-shards", "3"]) == 0
+    assert "image 48/48" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text,size", [("1GB", 10**9), ("512MiB", 2**29), ("1.5g", 1_500_000_000), ("100", 100)])
 def test_parse_size(text, size):
-    assert writer.parse_size(text) == size
+    assert shards_cli.parse_size(text) == size
 
 
 # ---------------------------------------------------------------- naming shards
@@ -250,7 +272,7 @@ def labelled_shards(tmp_path_factory):
     """48 images, one class each, so a batch's labels name its samples; 8 shards of 6."""
     root = write_varied_folder(tmp_path_factory.mktemp("one"), classes=48, per_class=1, seed=2, sides=(17, 40))
     out = tmp_path_factory.mktemp("one_shards")
-    writer.write_shards(root / "train", out, num_shards=8, progress=False)
+    writer.write_shards(root / "train", out, num_shards=8)
     return out
 
 

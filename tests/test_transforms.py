@@ -5,7 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jepa.transforms import BatchAugment, CropParams, EvalTransform
+from jepa.config import load_config
+from jepa.data.datasets import dataset_stats
+from jepa.data.transforms import BatchAugment, CropParams, EvalTransform, eval_transform
 
 MEAN, STD = (0.2860,), (0.3530,)
 
@@ -164,6 +166,18 @@ def test_eval_transform_is_deterministic_and_resizes():
     wide = torch.zeros(2, 1, 28, 40, dtype=torch.uint8)
     wide[..., 6:34] = 200
     assert torch.allclose(denorm(EvalTransform(28, MEAN, STD)(wide)), torch.full((2, 1, 28, 28), 200.0), atol=1e-3)
+
+
+def test_eval_transform_of_a_config_takes_its_size_and_normalisation_or_the_weights_own():
+    cfg = load_config(None, {"data.dataset": "synthetic", "data.image_size": "16", "data.channels": "3",
+                             "data.mean": "[0.5, 0.4, 0.3]", "data.std": "[0.2, 0.25, 0.3]", "model.patch_size": "4"})
+    x = images(b=2, c=3, s=24)
+    t = eval_transform(cfg)
+    assert t.image_size == 16 and torch.equal(t(x), EvalTransform(16, [0.5, 0.4, 0.3], [0.2, 0.25, 0.3])(x))
+    loaded = {"mean": [0.1, 0.2, 0.3], "std": [1.0, 0.5, 2.0]}  # what loaded weights were trained with
+    assert torch.equal(eval_transform(cfg, loaded)(x), EvalTransform(16, **loaded)(x))
+    cfg.data.mean = cfg.data.std = None  # without data.mean/std: the dataset's own statistics
+    assert torch.equal(eval_transform(cfg)(x), EvalTransform(16, *dataset_stats("synthetic", 3))(x))
 
 
 def test_bad_inputs_are_rejected():

@@ -32,7 +32,7 @@ from typing import Literal
 from jepa import cli
 from jepa.checkpoint import check_output
 from jepa.config import config_from_dict, parse_overrides
-from jepa.datasets import load_dataset
+from jepa.data.datasets import load_dataset
 from jepa.device import pick_device
 from jepa.errors import ConfigError
 from jepa.eval.features import (FEATURES, cache_path, cached_features, extract_features, load_source,
@@ -44,7 +44,7 @@ from jepa.eval.probes.linear import LINEAR_PROBE, linear_probe
 from jepa.eval.probes.linear_sgd import linear_sgd_probe
 from jepa.eval.report import METHODS, format_table, report_path, write_report
 from jepa.models import pool_tokens
-from jepa.transforms import EvalTransform
+from jepa.data.transforms import eval_transform
 
 Protocol = Literal["linear", "knn", "both", "linear-sgd", "attentive", "all"]
 PROTOCOLS: tuple[str, ...] = Protocol.__args__
@@ -106,7 +106,7 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None, protocol: str =
     load = dict(channels=cfg.data.channels, image_size=cfg.data.image_size)
     train_ds = load_dataset(name, "train", root, subset=train_subset, **load)
     test_ds = load_dataset(name, test_split, root, subset=test_subset, **load)
-    transform = EvalTransform(cfg.data.image_size, mean, std)
+    transform = eval_transform(cfg, trained.normalization)
     cache_dir = checkpoint.parent / "eval_cache" if cache else None
     data_key = {"dataset": name, "root": str(train_ds.root), "train_n": len(train_ds), "test_n": len(test_ds),
                 "test_split": test_split, "size": cfg.data.image_size, "channels": cfg.data.channels,

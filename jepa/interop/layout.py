@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 
 from jepa.checkpoint import CheckpointError
+from jepa.config.grid import patch_grid
 from jepa.models import MODEL_SIZES
-from jepa.datasets import dataset_stats
+from jepa.data.datasets import dataset_stats
 
 # The official model table: width -> heads (tiny 192/3 ... giant 1408/16); official checkpoints do not store heads.
 WIDTH_HEADS = {dim: heads for dim, _, heads in MODEL_SIZES.values()}
@@ -102,8 +103,7 @@ def check_spec(spec, path: Path) -> dict:
 
 
 def grid_of(spec: dict) -> tuple[int, int]:
-    g = spec["img_size"] // spec["patch_size"]
-    return g, g
+    return patch_grid(spec["img_size"], spec["patch_size"])
 
 
 def as_float_tensors(state: dict, path: Path, what: str) -> dict:

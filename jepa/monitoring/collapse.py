@@ -5,13 +5,13 @@ import logging
 
 import torch
 
-from jepa.data import build_dataset, mix_seed, normalisation
-from jepa.datasets.decode import BadImageError
-from jepa.datasets.folder import decode_square
-from jepa.datasets.shards import ShardSet
+from jepa.data import build_dataset, eval_transform
+from jepa.data.datasets.decode import BadImageError
+from jepa.data.datasets.folder import decode_square
+from jepa.data.shard_reader import ShardSet
 from jepa.device import autocast
 from jepa.monitoring.rankme import rankme
-from jepa.transforms import EvalTransform
+from jepa.seeds import mix_seed
 
 log = logging.getLogger("jepa")
 
@@ -32,7 +32,7 @@ def held_out_images(cfg, n: int, train_dataset) -> tuple[torch.Tensor, str]:
     else:
         g = torch.Generator().manual_seed(mix_seed(cfg.training.seed, 4099))
         images = decodable_images(source, torch.randperm(len(source), generator=g), n)
-    return EvalTransform(cfg.data.image_size, *normalisation(cfg))(images), where
+    return eval_transform(cfg)(images), where
 
 
 def first_shard_images(shards: ShardSet, n: int) -> torch.Tensor:

@@ -6,10 +6,10 @@ import time
 
 import torch
 
-from jepa.data import mix_seed, normalisation
-from jepa.datasets import load_dataset
+from jepa.data import eval_transform
+from jepa.data.datasets import load_dataset
 from jepa.eval import extract_features, knn_accuracy
-from jepa.transforms import EvalTransform
+from jepa.seeds import mix_seed
 
 log = logging.getLogger("jepa")
 
@@ -60,7 +60,7 @@ class KnnMonitor:
             return None
         train, test, (train_idx, test_idx) = self.data
         t0 = time.time()
-        transform = EvalTransform(cfg.data.image_size, *normalisation(cfg))
+        transform = eval_transform(cfg)
         encoder = model.target_encoder if cfg.eval.encoder == "target" else model.context_encoder
         feats = [extract_features(encoder, ds, transform, cfg.eval.features, cfg.data.batch_size, self.device, idx,
                                   amp_dtype=self.amp_dtype) for ds, idx in ((train, train_idx), (test, test_idx))]

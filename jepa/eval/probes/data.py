@@ -10,10 +10,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from jepa.data import mix_seed
+from jepa.data.transforms import BatchAugment
 from jepa.optim import set_schedule
 from jepa.monitoring.progress import Progress
-from jepa.transforms import BatchAugment
+from jepa.seeds import mix_seed
 
 
 def labelled_indices(dataset) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from jepa.datasets.errors import DatasetFormatError
+from jepa.data.datasets.errors import DatasetFormatError
 
 # A file path, or the bytes of a file (a tar shard member; None for a sample without an image member).
 Source = Union[str, os.PathLike, bytes, None]

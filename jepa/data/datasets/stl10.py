@@ -5,8 +5,8 @@ from pathlib import Path
 
 import torch
 
-from jepa.datasets.convert import CHUNK, convert_chunk
-from jepa.datasets.errors import DatasetFormatError
+from jepa.data.datasets.convert import CHUNK, convert_chunk
+from jepa.data.datasets.errors import DatasetFormatError
 
 STL_DIR = "stl10_binary"
 # split: (image file, label file or None)

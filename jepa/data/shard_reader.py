@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from jepa.config.braces import expand_braces
-from jepa.datasets.errors import DatasetFormatError, DatasetNotFoundError
+from jepa.data.datasets.errors import DatasetFormatError, DatasetNotFoundError
 from jepa.errors import ConfigError
 
 INDEX_NAME = "index.json"

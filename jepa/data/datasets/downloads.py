@@ -12,8 +12,8 @@ import zlib
 from pathlib import Path
 
 from jepa.errors import ConfigError
-from jepa.datasets.errors import DownloadError
-from jepa.datasets.search import HOW_TO_GET
+from jepa.data.datasets.errors import DownloadError
+from jepa.data.datasets.search import HOW_TO_GET
 from jepa.io import file_hash, fsync_dir
 
 # Download sources.  URLs, mirrors and archive MD5s are those of torchvision

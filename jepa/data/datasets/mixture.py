@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from jepa.datasets.memory import ImageDataset
+from jepa.data.datasets.memory import ImageDataset
 
 
 class MixtureDataset(torch.utils.data.Dataset):
@@ -64,7 +64,9 @@ class MixtureDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.offsets[-1]
 
-    def _map_labels(self, part: int, labels: torch.Tensor) -> torch.Tensor:
+    def mixture_labels(self, part: int, labels: torch.Tensor) -> torch.Tensor:
+        """Part ``part``'s ``labels`` as the mixture numbers them: past the earlier parts' classes (``offset``), as
+        they are (``shared``) or all -1 (``none``); an unlabelled -1 stays -1."""
         if self.label_mode == "none":
             return torch.full_like(labels, -1)
         return torch.where(labels >= 0, labels + self.label_offsets[part], labels)
@@ -76,7 +78,7 @@ class MixtureDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {self.name} of length {len(self)}")
         part = bisect.bisect_right(self.offsets, index) - 1
         image, label = self.parts[part][index - self.offsets[part]]
-        return image, int(self._map_labels(part, torch.tensor(label)))
+        return image, int(self.mixture_labels(part, torch.tensor(label)))
 
     def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gather items from whichever parts hold them, in the order given."""
@@ -92,7 +94,7 @@ class MixtureDataset(torch.utils.data.Dataset):
             mask = part_of == part
             part_images, part_labels = self.parts[part].get_batch(idx[mask] - self.offsets[part])
             images[mask] = part_images
-            labels[mask] = self._map_labels(part, part_labels)
+            labels[mask] = self.mixture_labels(part, part_labels)
         return images, labels
 
     def sample_weights(self) -> torch.Tensor:

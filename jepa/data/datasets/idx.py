@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from jepa.datasets.convert import convert_images
-from jepa.datasets.errors import DatasetFormatError, check_labels
+from jepa.data.datasets.convert import convert_images
+from jepa.data.datasets.errors import DatasetFormatError, check_labels
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

@@ -12,7 +12,7 @@ import heapq
 import random
 from typing import Iterator
 
-from jepa.datasets.shards import Sample, ShardSet
+from jepa.data.shard_reader import Sample, ShardSet
 from jepa.errors import ConfigError
 from jepa.seeds import mix_seed
 

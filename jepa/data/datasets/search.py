@@ -5,12 +5,12 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import jepa.datasets.cifar as cifar
-import jepa.datasets.folder as folder
-import jepa.datasets.idx as idx
-import jepa.datasets.stl10 as stl10
+import jepa.data.datasets.cifar as cifar
+import jepa.data.datasets.folder as folder
+import jepa.data.datasets.idx as idx
+import jepa.data.datasets.stl10 as stl10
 from jepa.errors import ConfigError
-from jepa.datasets.errors import DatasetNotFoundError
+from jepa.data.datasets.errors import DatasetNotFoundError
 
 SPLITS = {
     "fashion_mnist": ("train", "test"),

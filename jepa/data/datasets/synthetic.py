@@ -5,8 +5,8 @@ import math
 
 import torch
 
-from jepa.datasets.convert import CHUNK
-from jepa.datasets.memory import ImageDataset
+from jepa.data.datasets.convert import CHUNK
+from jepa.data.datasets.memory import ImageDataset
 
 
 def make_synthetic(n, num_classes, channels, size, seed, split) -> ImageDataset:

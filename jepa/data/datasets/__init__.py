@@ -8,18 +8,18 @@ import os
 from pathlib import Path
 
 from jepa.config.choices import DATASETS, DatasetName
-from jepa.datasets.cifar import CIFAR, load_cifar
-from jepa.datasets.convert import LUMA_WEIGHTS, convert_images
-from jepa.datasets.decode import BadImageError
-from jepa.datasets.downloads import DOWNLOADS, _checksum_problem, download  # noqa: F401 (tests use it)
-from jepa.datasets.errors import DatasetFormatError, DatasetNotFoundError, DownloadError
-from jepa.datasets.folder import IMAGE_EXTENSIONS, ImageFolderDataset, load_imagefolder  # noqa: F401
-from jepa.datasets.idx import load_idx_pair, read_idx
-from jepa.datasets.memory import ImageDataset
-from jepa.datasets.mixture import MixtureDataset
-from jepa.datasets.search import candidate_dirs, default_download_dir, find_dir, resolve_split
-from jepa.datasets.stl10 import load_stl10
-from jepa.datasets.synthetic import make_synthetic
+from jepa.data.datasets.cifar import CIFAR, load_cifar
+from jepa.data.datasets.convert import LUMA_WEIGHTS, convert_images
+from jepa.data.datasets.decode import BadImageError
+from jepa.data.datasets.downloads import DOWNLOADS, _checksum_problem, download  # noqa: F401 (tests use it)
+from jepa.data.datasets.errors import DatasetFormatError, DatasetNotFoundError, DownloadError
+from jepa.data.datasets.folder import IMAGE_EXTENSIONS, ImageFolderDataset, load_imagefolder  # noqa: F401
+from jepa.data.datasets.idx import load_idx_pair, read_idx
+from jepa.data.datasets.memory import ImageDataset
+from jepa.data.datasets.mixture import MixtureDataset
+from jepa.data.datasets.search import candidate_dirs, default_download_dir, find_dir, resolve_split
+from jepa.data.datasets.stl10 import load_stl10
+from jepa.data.datasets.synthetic import make_synthetic
 from jepa.errors import ConfigError
 
 # load_dataset's ``download`` argument hides the function inside it.

@@ -12,7 +12,7 @@ class ImageDataset(torch.utils.data.Dataset):
     Labels are class indices in ``[0, num_classes)``, or -1 for unlabeled items.  The array
     datasets (MNIST, Fashion-MNIST, CIFAR-10/100, STL-10) are decoded once into this tensor,
     already converted to the requested channel count and size, so that a training step can
-    slice a whole batch with :meth:`get_batch` and augment it on the fly (see :mod:`jepa.transforms`).
+    slice a whole batch with :meth:`get_batch` and augment it on the fly (see :mod:`jepa.data.transforms`).
     """
 
     def __init__(self, images: torch.Tensor | None, labels: torch.Tensor, *, name: str, split: str,

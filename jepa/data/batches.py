@@ -5,7 +5,7 @@ its masks with a generator seeded from its coordinates, so the stream is the sam
 with any number of DataLoader workers and a resumed run can start mid-epoch by
 skipping batches without loading them. In-memory datasets are augmented a whole
 batch at once in torch; image files are cropped one by one at full resolution
-(jepa.crops) with a seed per image; shards stream in the order jepa.shard_stream plans.
+(jepa.data.crops) with a seed per image; shards stream in the order jepa.data.shard_plan plans.
 """
 from __future__ import annotations
 
@@ -17,20 +17,23 @@ import torch
 from torch.profiler import record_function
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, get_worker_info
 
-from jepa.bad_images import BadImages
-from jepa.crops import FileCrops
-from jepa.datasets import (DatasetFormatError, DatasetNotFoundError, ImageFolderDataset, MixtureDataset, dataset_stats,
-                           load_dataset)
-from jepa.datasets.decode import BadImageError
-from jepa.datasets.shards import ShardSet, load_shards
+from jepa.config.grid import patch_grid
+from jepa.data.bad_images import BadImages
+from jepa.data.crops import FileCrops
+from jepa.data.datasets import (DatasetFormatError, DatasetNotFoundError, ImageFolderDataset, MixtureDataset,
+                                load_dataset)
+from jepa.data.datasets.decode import BadImageError
+from jepa.data.shard_plan import ShardPlan, read_in_order
+from jepa.data.shard_reader import ShardSet, load_shards
+from jepa.data.transforms import BatchAugment, normalisation, normalize
 from jepa.errors import ConfigError
 from jepa.masks import MaskSampler, block_size
 from jepa.seeds import mix_seed
-from jepa.shard_stream import ShardPlan, read_in_order
-from jepa.transforms import BatchAugment, normalize
 
-__all__ = ["Batch", "TrainBatches", "mix_seed", "build_dataset", "build_augment", "build_crops", "build_mask_sampler",
-           "normalisation"]
+__all__ = ["Batch", "TrainBatches", "build_dataset", "build_augment", "build_crops", "build_mask_sampler"]
+
+# tags the sample order's seed, apart from the loader's mix_seed(seed, epoch); any value would do, 7 keeps past orders
+ORDER_SALT = 7
 
 
 @dataclass
@@ -87,13 +90,6 @@ def build_dataset(cfg, split: str = "train"):
     return load_dataset(d.dataset, split, d.root, **common)
 
 
-def normalisation(cfg) -> tuple[list[float], list[float]]:
-    d = cfg.data
-    name = d.mix[0].name if d.mix else d.dataset
-    mean, std = dataset_stats(name, d.channels)
-    return (list(mean) if d.mean is None else d.mean), (list(std) if d.std is None else d.std)
-
-
 def build_augment(cfg) -> BatchAugment:
     d = cfg.data
     mean, std = normalisation(cfg)
@@ -111,9 +107,9 @@ def build_crops(cfg) -> FileCrops:
 def build_mask_sampler(cfg) -> MaskSampler:
     """The multi-block sampler of ``cfg.masks`` on the patch grid, once its geometry is known to work there."""
     k = cfg.masks
-    g = cfg.data.image_size // cfg.model.patch_size
-    check_mask_geometry(k, g)
-    return MaskSampler(grid=(g, g), enc_scale=tuple(k.enc_scale), pred_scale=tuple(k.pred_scale),
+    grid = patch_grid(cfg.data.image_size, cfg.model.patch_size)
+    check_mask_geometry(k, grid[0])
+    return MaskSampler(grid=grid, enc_scale=tuple(k.enc_scale), pred_scale=tuple(k.pred_scale),
                        aspect_ratio=tuple(k.aspect_ratio), nenc=k.nenc, npred=k.npred, min_keep=k.min_keep,
                        allow_overlap=k.allow_overlap)
 
@@ -235,7 +231,7 @@ class EpochBatches(Dataset):
             else:
                 raw, part_labels = part.get_batch(local)
                 part_images = self.augment(raw, g)
-            images[slots], labels[slots] = part_images, ds._map_labels(p, part_labels)
+            images[slots], labels[slots] = part_images, ds.mixture_labels(p, part_labels)
         return images, labels, None, bad
 
 
@@ -322,25 +318,28 @@ class TrainBatches:
         shuffle strided over ranks, the uneven tail dropped); a mixture's weighted draw is strided the same way."""
         n = len(self.dataset)
         if isinstance(self.dataset, MixtureDataset):
-            g = torch.Generator().manual_seed(mix_seed(self.cfg.training.seed, epoch, 7))
+            g = torch.Generator().manual_seed(mix_seed(self.cfg.training.seed, epoch, ORDER_SALT))
             order = torch.multinomial(self.dataset.sample_weights(), n, replacement=True, generator=g)
             usable = (n // self.world_size) * self.world_size
             return order[:usable][self.rank::self.world_size]
         sampler = DistributedSampler(self.dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True,
-                                     seed=mix_seed(self.cfg.training.seed, 7), drop_last=True)
+                                     seed=mix_seed(self.cfg.training.seed, ORDER_SALT), drop_last=True)
         sampler.set_epoch(epoch)
         return torch.tensor(list(sampler), dtype=torch.long)
 
+    def batches(self, epoch: int, start: int = 0) -> EpochBatches | ShardBatches:
+        """The loader's dataset of ``epoch``'s batches: indexed by batch, or for shards streamed from ``start`` on."""
+        seed = self.cfg.training.seed
+        if isinstance(self.dataset, ShardSet):
+            return ShardBatches(self.dataset, self.plan, self.crops, self.norm, self.sampler, seed, self.rank, epoch,
+                                start)
+        return EpochBatches(self.dataset, self.order(epoch), self.batch_size, self.augment, self.sampler, seed,
+                            self.rank, epoch, self.crops, self.norm)
+
     def epoch(self, epoch: int, start: int = 0):
         seed, workers = self.cfg.training.seed, self.cfg.data.num_workers
-        if isinstance(self.dataset, ShardSet):
-            batches = ShardBatches(self.dataset, self.plan, self.crops, self.norm, self.sampler, seed, self.rank,
-                                   epoch, start)
-            order = None
-        else:
-            batches = EpochBatches(self.dataset, self.order(epoch), self.batch_size, self.augment, self.sampler,
-                                   seed, self.rank, epoch, self.crops, self.norm)
-            order = range(start, len(batches))
+        batches = self.batches(epoch, start)
+        order = None if isinstance(batches, ShardBatches) else range(start, len(batches))
         loader = DataLoader(batches, batch_size=None, sampler=order, num_workers=workers,
                             pin_memory=self.pin_memory, persistent_workers=False,
                             prefetch_factor=4 if workers else None, worker_init_fn=_ignore_sigint,
@@ -350,13 +349,8 @@ class TrainBatches:
     def first_batch(self, epoch: int) -> Batch:
         """Batch 0 of ``epoch`` as training draws it, normalised, on the CPU (for pictures: no loader workers, and
         files it replaces are not counted against ``data.max_bad_images``)."""
-        seed = self.cfg.training.seed
-        if isinstance(self.dataset, ShardSet):
-            batch = next(iter(ShardBatches(self.dataset, self.plan, self.crops, self.norm, self.sampler, seed,
-                                           self.rank, epoch, 0)))
-        else:
-            batch = EpochBatches(self.dataset, self.order(epoch), self.batch_size, self.augment, self.sampler, seed,
-                                 self.rank, epoch, self.crops, self.norm)[0]
+        batches = self.batches(epoch)
+        batch = next(iter(batches)) if isinstance(batches, ShardBatches) else batches[0]
         if isinstance(batch, LoaderFailure):
             raise batch.error
         return batch.to(torch.device("cpu"))

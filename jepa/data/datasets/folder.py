@@ -5,9 +5,9 @@ from pathlib import Path
 
 import torch
 
-from jepa.datasets.decode import decode
-from jepa.datasets.errors import DatasetFormatError, DatasetNotFoundError
-from jepa.datasets.memory import ImageDataset
+from jepa.data.datasets.decode import decode
+from jepa.data.datasets.errors import DatasetFormatError, DatasetNotFoundError
+from jepa.data.datasets.memory import ImageDataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -17,7 +17,7 @@ class ImageFolderDataset(ImageDataset):
 
     Items (``[i]``, :meth:`get_batch`, used by evaluation) are converted to ``channels``, their shorter side
     resized to ``image_size`` and center-cropped to a square.  Training does not use them: it crops each
-    file at full resolution (:meth:`source`, :class:`jepa.crops.FileCrops`).  ``images`` is None.
+    file at full resolution (:meth:`source`, :class:`jepa.data.crops.FileCrops`).  ``images`` is None.
     """
 
     def __init__(self, samples: list[tuple[Path, int]], classes: list[str], *, split: str, channels: int,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from jepa.datasets.convert import convert_images
-from jepa.datasets.errors import DatasetFormatError, check_labels
+from jepa.data.datasets.convert import convert_images
+from jepa.data.datasets.errors import DatasetFormatError, check_labels
 from jepa.io import atomic_write_bytes
 
 # name: (extracted folder, archive, {split: batch files})

@@ -10,7 +10,7 @@ import logging
 from typing import Sequence
 
 from jepa.config.choices import OnBadImage
-from jepa.datasets.decode import BadImageError
+from jepa.data.datasets.decode import BadImageError
 
 
 log = logging.getLogger("jepa")

@@ -14,7 +14,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CropParams", "BatchAugment", "EvalTransform", "normalize"]
+from jepa.data.datasets import dataset_stats
+
+__all__ = ["CropParams", "BatchAugment", "EvalTransform", "normalize", "normalisation", "eval_transform"]
 
 _TRIES = 10
 
@@ -212,3 +214,19 @@ class EvalTransform:
         _check_images(images, self.mean.numel())
         x = _resize_square(images.to(torch.float32), self.image_size)
         return normalize(x.contiguous(), self.mean, self.std)
+
+
+def normalisation(cfg) -> tuple[list[float], list[float]]:
+    """The ``(mean, std)`` a run normalises with: ``data.mean``/``data.std``, else its (first) dataset's statistics."""
+    d = cfg.data
+    name = d.mix[0].name if d.mix else d.dataset
+    mean, std = dataset_stats(name, d.channels)
+    return (list(mean) if d.mean is None else d.mean), (list(std) if d.std is None else d.std)
+
+
+def eval_transform(cfg, normalization: dict | None = None) -> EvalTransform:
+    """The evaluation transform at ``data.image_size``: with the run's normalisation, or with ``normalization``
+    (``{"mean", "std"}`` that loaded weights were trained with) when given."""
+    if normalization is None:
+        return EvalTransform(cfg.data.image_size, *normalisation(cfg))
+    return EvalTransform(cfg.data.image_size, normalization["mean"], normalization["std"])

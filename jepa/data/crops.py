@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from jepa.datasets.decode import BadImageError, Source, draft_reduced, open_image, to_channels
+from jepa.data.datasets.decode import BadImageError, Source, draft_reduced, open_image, to_channels
 
 TRIES = 10
 # A reduced JPEG decode is used only where the crop still has at least this many source pixels per output

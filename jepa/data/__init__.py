@@ -1,0 +1,9 @@
+"""From files to a training batch: datasets, decoding, crops, transforms, bad images, tar shards, the batch stream.
+
+``datasets/`` holds the registry and one module per format; ``shard_writer``, ``shard_reader`` and ``shard_plan``
+write tar shards, read them, and plan which reader reads which; ``batches`` builds the training batches.
+"""
+from jepa.data.batches import Batch, TrainBatches, build_dataset
+from jepa.data.transforms import eval_transform, normalisation
+
+__all__ = ["Batch", "TrainBatches", "build_dataset", "eval_transform", "normalisation"]
