@@ -43,9 +43,26 @@ def cpu_flags(wanted: tuple[str, ...] = MATRIX_FLAGS, cpuinfo: str | None = None
     return [f for f in wanted if f in have]
 
 
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+FORCE_BF16_ENV = "JEPA_CPU_BF16"  # 1: treat the CPU as having bf16 matrix units, 0: as not; unset: ask the CPU
+
+
+def cpu_bf16_matmul_flag(cpuinfo: str | None = None) -> str | None:
+    """The bf16 matrix instruction set this CPU has (``amx_bf16`` before ``avx512_bf16``), or None.
+
+    ``JEPA_CPU_BF16=1`` / ``0`` overrides the probe (``forced``/None), so tests and benchmarks can take either
+    branch on any CPU; ``cpuinfo`` (a ``/proc/cpuinfo`` text) bypasses the override.
+    """
+    forced = os.environ.get(FORCE_BF16_ENV, "").strip() if cpuinfo is None else ""
+    if forced in ("0", "1"):
+        return f"{FORCE_BF16_ENV}={forced}" if forced == "1" else None
+    found = cpu_flags(BF16_FLAGS, cpuinfo)
+    return found[0] if found else None
+
+
 def cpu_has_bf16_matmul(cpuinfo: str | None = None) -> bool:
     """Whether this CPU has bf16 matrix instructions (AVX-512 BF16 or AMX), where bf16 training is the fast path."""
-    return bool(cpu_flags(("avx512_bf16", "amx_bf16"), cpuinfo))
+    return cpu_bf16_matmul_flag(cpuinfo) is not None
 
 
 def tune_cpu_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30) -> bool:

@@ -9,7 +9,7 @@ from jepa_kernels.dispatch import interpreting
 from jepa import distributed as jdist
 from jepa.config.choices import DEVICE
 from jepa.errors import ConfigError, DeviceError
-from jepa.cpu import tune_cpu_allocator
+from jepa.cpu import FORCE_BF16_ENV, cpu_bf16_matmul_flag, tune_cpu_allocator
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -48,11 +48,30 @@ def check_kernels(name: str, device: torch.device):
                           "training.kernels: auto or torch (TRITON_INTERPRET=1 runs the kernels on a CPU, slowly)")
 
 
+def auto_precision(device: torch.device) -> tuple[str, str]:
+    """What ``precision: auto`` computes in on ``device``, and why: bf16 on CUDA and on CPUs with bf16 matrix
+    instructions (AVX-512 BF16 or AMX, where it is about 2x faster at the same quality), fp32 elsewhere."""
+    if device.type == "cuda":
+        return "bf16", "CUDA"
+    if device.type == "cpu":
+        flag = cpu_bf16_matmul_flag()
+        if flag is None:
+            return "fp32", "CPU has no bf16 matrix instructions"
+        return "bf16", flag if flag.startswith(FORCE_BF16_ENV) else f"CPU has {flag}"
+    return "fp32", device.type.upper()
+
+
 def pick_precision(name: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype: ``auto`` is bf16 on CUDA and fp32 elsewhere."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return DTYPES[name]
+    """The autocast dtype of ``training.precision`` (or a command's ``--precision``) on ``device``."""
+    return DTYPES[auto_precision(device)[0] if name == "auto" else name]
+
+
+def describe_precision(name: str, device: torch.device) -> str:
+    """``bf16 (auto: CPU has avx512_bf16)``: the precision a run computes in, for its start log."""
+    if name != "auto":
+        return name
+    chosen, why = auto_precision(device)
+    return f"{chosen} (auto: {why})"
 
 
 def autocast(device: torch.device | str, dtype: torch.dtype):

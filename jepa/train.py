@@ -160,7 +160,7 @@ class Trainer(Run):
         del it
 
     def announce(self):
-        log_run_start(self.cfg, self.dist, self.device, self.amp_dtype,
+        log_run_start(self.cfg, self.dist, self.device,
                       sum(p.numel() for p in self.model.online_parameters()), self.global_batch, self.total_steps,
                       self.steps_per_epoch, self.run_dir)
         if self.step == 0 and self.collapse.start is not None:

@@ -22,7 +22,8 @@ from jepa.data import TrainBatches, eval_transform, normalisation
 from jepa.data.datasets import load_dataset
 from jepa.data.datasets.decode import BadImageError
 from jepa.data.shard_reader import ShardSet
-from jepa.device import autocast, pick_device
+from jepa.config.choices import PRECISIONS
+from jepa.device import autocast, pick_device, pick_precision
 from jepa.errors import ConfigError
 from jepa.eval import extract_features, load_source, random_init_encoder, run_data_root
 from jepa.seeds import mix_seed
@@ -115,7 +116,7 @@ class PictureMaker:
         x = self.transform(images).to(self.device)
         trained = pic.pca_rgb(patch_features(encoder, x, self.amp_dtype))
         if self.random_map is None:
-            self.random_map = pic.pca_rgb(patch_features(random_init_encoder(self.cfg, self.device), x))
+            self.random_map = pic.pca_rgb(patch_features(random_init_encoder(self.cfg, self.device), x, self.amp_dtype))
         rgb = pic.to_rgb_uint8(x, self.mean, self.std)
         return pic.feature_rows(rgb, [trained, self.random_map], ["trained", "random init"], self.scale, cols=2)
 
@@ -200,8 +201,9 @@ class TrainingPictures:
 def visualize(checkpoint: str | Path, dataset: str | None = None, out: str | Path | None = None,
               root: str | None = None, encoder: str = "target", device: str = "cpu", seed: int | None = None,
               epoch: int = 0, images: int = 8, queries: int = 6, neighbours: int = 8, gallery: int = 10000,
-              only=PICTURES) -> dict[str, Path]:
-    """Write the pictures of a checkpoint (or exported encoder) as PNGs; returns their paths."""
+              only=PICTURES, precision: str = "auto") -> dict[str, Path]:
+    """Write the pictures of a checkpoint (or exported encoder) as PNGs; returns their paths. ``precision`` as
+    ``training.precision`` (``auto``: bf16 on CUDA and on CPUs with bf16 matrix units)."""
     if epoch < 0:
         raise ConfigError(f"--epoch must be >= 0 (the training epoch whose first batch shows the masks), got {epoch}")
     checkpoint = Path(checkpoint)
@@ -220,8 +222,8 @@ def visualize(checkpoint: str | Path, dataset: str | None = None, out: str | Pat
         test = load_dataset(name, "test", root, **load)
     except (FileNotFoundError, ValueError):
         test = None
-    maker = PictureMaker(cfg, train, test, device, images=images, queries=queries, neighbours=neighbours,
-                         gallery=gallery)
+    maker = PictureMaker(cfg, train, test, device, pick_precision(precision, torch.device(device)), images=images,
+                         queries=queries, neighbours=neighbours, gallery=gallery)
     folder = Path(out) if out else checkpoint.with_name(f"{checkpoint.stem}.pictures")
     written = {}
     for kind, image in maker.all(model, epoch, only=only).items():
@@ -250,6 +252,8 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--neighbours", type=int, default=8, help="nearest training images shown per query")
     parser.add_argument("--gallery", type=int, default=10000, help="training images searched for neighbours")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="as training.precision: auto is bf16 on CUDA and on CPUs with bf16 matrix units")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     only = tuple(p.strip() for p in args.only.split(",") if p.strip())
@@ -263,7 +267,7 @@ def run(argv: list[str] | None = None) -> int:
         parser.error(f"--epoch must be >= 0, got {args.epoch}")
     written = visualize(args.checkpoint, args.dataset, args.out, args.data_root, args.encoder,
                         str(pick_device(args.device, "--device")), args.seed, args.epoch, args.images, args.queries,
-                        args.neighbours, args.gallery, only)
+                        args.neighbours, args.gallery, only, args.precision)
     for kind, path in written.items():
         print(f"wrote {path} ({kind})")
     return 0

@@ -15,6 +15,9 @@ if HERE not in sys.path:
 if os.environ.get("JEPA_REAL_TRITON") != "1":
     os.environ["TRITON_INTERPRET"] = "1"
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# precision: auto is bf16 on CPUs with bf16 matrix units: the suite's numbers must not depend on the CI CPU, so the
+# probe answers "no" here; tests of the bf16 branch set JEPA_CPU_BF16=1 themselves
+os.environ["JEPA_CPU_BF16"] = "0"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -116,12 +116,15 @@ def test_every_config_field_has_a_docstring_and_help_config_lists_it(capsys):
 @pytest.mark.parametrize("key,owner", [
     ("model.attention", "jepa.models.attention:BACKENDS"),
     ("training.kernels", "jepa_kernels.dispatch:_CHOICES"),
-    ("training.precision", "jepa.device:PRECISIONS"),
+    ("training.precision", "jepa.config.choices:PRECISIONS"),
     ("data.dataset", "jepa.data.datasets:DATASETS"),
     ("eval.features", "jepa.eval:FEATURES"),
     ("eval.encoder", "jepa.export:ENCODERS"),
 ])
 def test_choice_fields_list_exactly_the_choices_of_the_module_that_owns_them(key, owner):
+    from jepa.config.choices import PRECISIONS
+    from jepa.device import DTYPES
+    assert {"auto", *DTYPES} == set(PRECISIONS)  # every precision the config offers has a dtype
     import importlib
     module, name = owner.split(":")
     valid = getattr(importlib.import_module(module), name)

@@ -208,3 +208,22 @@ def test_quality_benchmark_smoke(tmp_path, monkeypatch):
     md = (out / "quality_fashion_mnist.md").read_text()
     assert "| pre-trained |" in md and "target: linear >= 80 %" in md
     assert not math.isnan(result["results"]["pretrained"]["linear"])
+
+
+def test_eval_precision_auto_follows_the_cpu_probe_and_keys_the_cache(checkpoint, tmp_path, monkeypatch):
+    """``--precision auto`` computes features in bf16 where the (forced) CPU probe finds bf16 matrix units, says so
+    in the report, and never reuses fp32 features from the cache for it."""
+    seen = []
+    real = jeval.extract_features
+    monkeypatch.setattr(eval_command, "extract_features",
+                        lambda *a, **k: seen.append(k["amp_dtype"]) or real(*a, **k))
+    argv = ["--checkpoint", str(checkpoint), "--train-subset", "64", "--test-subset", "32", "--protocol", "knn",
+            "--no-progress", "--force"]
+    for forced, dtype in (("0", torch.float32), ("1", torch.bfloat16)):
+        monkeypatch.setenv("JEPA_CPU_BF16", forced)
+        out = tmp_path / f"r{forced}.json"
+        assert jeval.main(argv + ["--out", str(out)]) == 0
+        assert json.loads(out.read_text())["precision"] == str(dtype).replace("torch.", "")
+        assert seen[-2:] == [dtype, dtype]  # train and test features, computed (not from the fp32 cache)
+    assert jeval.main(argv + ["--out", str(tmp_path / "fp32.json"), "--precision", "fp32"]) == 0
+    assert json.loads((tmp_path / "fp32.json").read_text())["precision"] == "float32"

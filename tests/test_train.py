@@ -179,17 +179,36 @@ def test_progress_line_in_a_log_file_shows_eta_and_prints_the_end_once():
     assert sum(line.startswith("step 10/10") for line in lines) == 1
 
 
-@pytest.mark.parametrize("precision,has_bf16,hinted", [("auto", True, True), ("auto", False, False),
-                                                       ("fp32", True, False), ("bf16", True, False)])
-def test_cpu_with_bf16_instructions_gets_a_precision_hint(tmp_path, caplog, monkeypatch, precision, has_bf16,
-                                                          hinted):
-    """Only a run that left precision on auto hears that bf16 would be faster on this CPU."""
-    monkeypatch.setattr("jepa.monitoring.logger.cpu_has_bf16_matmul", lambda: has_bf16)
+@pytest.mark.parametrize("precision,forced,dtype,said", [
+    ("auto", "1", torch.bfloat16, "precision: bf16 (auto: JEPA_CPU_BF16=1)"),
+    ("auto", "0", torch.float32, "precision: fp32 (auto: CPU has no bf16 matrix instructions)"),
+    ("fp32", "1", torch.float32, "precision: fp32,"),
+    ("bf16", "0", torch.bfloat16, "precision: bf16,")])
+def test_auto_precision_is_bf16_exactly_where_the_cpu_has_bf16_matrix_units(tmp_path, caplog, monkeypatch,
+                                                                            precision, forced, dtype, said):
+    """``auto`` follows the (forced) CPU probe and the start log says what it picked and why; an explicit
+    precision is kept whatever the CPU."""
+    monkeypatch.setenv("JEPA_CPU_BF16", forced)
     trainer = Trainer(small_cfg(**{"training.precision": precision, "training.device": "cpu"}), run_dir=tmp_path)
+    assert trainer.amp_dtype == dtype
     with caplog.at_level(logging.INFO, logger="jepa"):
         trainer.announce()
-    hints = [r for r in caplog.records if "--training.precision bf16" in r.getMessage()]
-    assert len(hints) == int(hinted)
+    assert any(said in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_the_cpu_probe_reads_the_matrix_flags_unless_forced(monkeypatch):
+    from jepa.cpu import cpu_bf16_matmul_flag
+    from jepa.device import auto_precision
+    amx = "flags : fpu avx512f avx512_bf16 amx_tile amx_bf16\n"
+    assert cpu_bf16_matmul_flag(amx) == "amx_bf16"
+    assert cpu_bf16_matmul_flag("flags : fpu avx512f avx512_bf16\n") == "avx512_bf16"
+    assert cpu_bf16_matmul_flag("flags : fpu avx2 avx512f\nbugs : avx512_bf16\n") is None
+    monkeypatch.setenv("JEPA_CPU_BF16", "1")
+    assert auto_precision(torch.device("cpu")) == ("bf16", "JEPA_CPU_BF16=1")
+    monkeypatch.setenv("JEPA_CPU_BF16", "0")
+    assert auto_precision(torch.device("cpu")) == ("fp32", "CPU has no bf16 matrix instructions")
+    assert auto_precision(torch.device("cuda")) == ("bf16", "CUDA")
+    assert auto_precision(torch.device("mps")) == ("fp32", "MPS")
 
 
 def test_mask_statistics_count_batches_drawn_in_dataloader_workers(tmp_path):

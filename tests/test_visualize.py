@@ -179,3 +179,18 @@ def test_tensorboard_pictures_at_checkpoint_epochs_change_nothing_in_the_run(tmp
                     run_dir=tmp_path / "every")
     every.train()
     assert tb_images(tmp_path / "every")["pictures/masks"] == [4, 8, 12]
+
+
+def test_pictures_follow_the_precision_rule(checkpoint, tmp_path, monkeypatch):
+    """``auto`` draws the feature pictures in bf16 where the (forced) CPU probe finds bf16 matrix units."""
+    seen = []
+    real = viz.patch_features
+    monkeypatch.setattr(viz, "patch_features", lambda enc, x, amp_dtype=torch.float32: seen.append(amp_dtype)
+                        or real(enc, x, amp_dtype))
+    kw = dict(images=2, queries=2, neighbours=2, gallery=50, only=("features",))
+    for forced, precision, dtype in (("1", "auto", torch.bfloat16), ("0", "auto", torch.float32),
+                                     ("1", "fp32", torch.float32)):
+        monkeypatch.setenv("JEPA_CPU_BF16", forced)
+        seen.clear()
+        viz.visualize(checkpoint, out=tmp_path / f"{forced}{precision}", precision=precision, **kw)
+        assert seen and set(seen) == {dtype}

@@ -29,11 +29,14 @@ import time
 from pathlib import Path
 from typing import Literal
 
+import torch
+
 from jepa import cli
 from jepa.checkpoint import check_output
 from jepa.config import config_from_dict, parse_overrides
 from jepa.data.datasets import load_dataset
-from jepa.device import pick_device
+from jepa.config.choices import PRECISIONS
+from jepa.device import autocast, pick_device, pick_precision
 from jepa.errors import ConfigError
 from jepa.eval.features import (FEATURES, cache_path, cached_features, extract_features, load_source,
                                 random_init_encoder, run_data_root)
@@ -86,9 +89,10 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None, protocol: str =
              train_subset: int | None = None, test_subset: int | None = None, test_split: str = "test",
              batch_size: int = 256, device: str = "cpu", cache: bool = True, progress: bool = True,
              out: str | Path | None = None, num_heads: int | None = None, image_size: int | None = None,
-             overrides: dict | None = None) -> dict:
+             overrides: dict | None = None, precision: str = "auto") -> dict:
     """Run the protocols on a checkpoint (and baselines), write (or add to) the JSON report, return it.
 
+    ``precision`` as ``training.precision`` (``auto``: bf16 on CUDA and on CPUs with bf16 matrix units).
     ``overrides``: dotted config keys (``{"probe.sgd_epochs": 5}``) applied to the checkpoint's config.
     """
     if protocol not in PROTOCOLS:
@@ -108,7 +112,9 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None, protocol: str =
     test_ds = load_dataset(name, test_split, root, subset=test_subset, **load)
     transform = eval_transform(cfg, trained.normalization)
     cache_dir = checkpoint.parent / "eval_cache" if cache else None
-    data_key = {"dataset": name, "root": str(train_ds.root), "train_n": len(train_ds), "test_n": len(test_ds),
+    amp_dtype = pick_precision(precision, torch.device(device))
+    data_key = {"precision": str(amp_dtype), "dataset": name, "root": str(train_ds.root), "train_n": len(train_ds),
+                "test_n": len(test_ds),
                 "test_split": test_split, "size": cfg.data.image_size, "channels": cfg.data.channels,
                 "mean": list(mean), "std": list(std)}
 
@@ -133,16 +139,19 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None, protocol: str =
                 if progress and model is not None and not (path is not None and path.is_file()):
                     print(f"{METHODS[method]} features: {name} {split}, {len(ds)} images", file=sys.stderr)
                 split_feats.append(cached_features(path, lambda ds=ds, model=model: extract_features(
-                    model, ds, transform, features, batch_size, device, progress=progress)))
+                    model, ds, transform, features, batch_size, device, progress=progress, amp_dtype=amp_dtype)))
             acc = {**run_protocols(split_feats[0], split_feats[1], train_ds.num_classes, protocol),
                    "feature_dim": int(split_feats[0][0].shape[1])}
         if progress and protocol in ("linear-sgd", "attentive", "all"):
             print(f"{METHODS[method]}: {protocol} on {name}", file=sys.stderr)
-        acc.update(streamed_protocols(protocol, model, cfg, train_ds, test_ds, transform, features, device, progress))
+        with autocast(device, amp_dtype):
+            acc.update(streamed_protocols(protocol, model, cfg, train_ds, test_ds, transform, features, device,
+                                          progress))
         results[method] = {**acc, "seconds": round(time.time() - t1, 1)}
 
     report = {"checkpoint": str(checkpoint), "checkpoint_sha256": digest, "step": step, "encoder": encoder,
-              "features": features, "dataset": name, "test_split": test_split, "train_images": len(train_ds),
+              "features": features, "precision": str(amp_dtype).replace("torch.", ""), "dataset": name,
+              "test_split": test_split, "train_images": len(train_ds),
               "test_images": len(test_ds), "linear_probe": LINEAR_PROBE, "knn": KNN, "results": results,
               "seconds": round(time.time() - t0, 1)}
     settings = dataclasses.asdict(cfg.probe)
@@ -181,6 +190,8 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-split", default="test", help="split to report top-1 on (default: test)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="as training.precision: auto is bf16 on CUDA and on CPUs with bf16 matrix units")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--out", help="JSON report path (default: next to the checkpoint)")
@@ -205,7 +216,8 @@ def run(argv: list[str] | None = None) -> int:
     out = check_output(args.out, [args.checkpoint], args.force) if args.out else None
     report = evaluate(args.checkpoint, args.dataset, args.protocol, args.encoder, args.features, args.baselines,
                       args.data_root, args.train_subset, args.test_subset, args.test_split, args.batch_size,
-                      device, not args.no_cache, not args.no_progress, out, args.num_heads, args.image_size, overrides)
+                      device, not args.no_cache, not args.no_progress, out, args.num_heads, args.image_size, overrides,
+                      args.precision)
     step = "" if report["step"] is None else f"step {report['step']}, "
     print(f"{report['checkpoint']} ({step}{report['encoder']} encoder, {report['features']} "
           f"features) on {report['dataset']}: {report['train_images']} train / {report['test_images']} "

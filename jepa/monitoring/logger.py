@@ -10,7 +10,7 @@ import torch
 
 import jepa_kernels
 from jepa import distributed as jdist
-from jepa.cpu import cpu_has_bf16_matmul
+from jepa.device import describe_precision
 from jepa.monitoring.progress import Progress
 
 log = logging.getLogger("jepa")
@@ -79,19 +79,16 @@ class TrainLogger:
             self.writer.flush()
 
 
-def log_run_start(cfg, dist, device, amp_dtype: torch.dtype, n_params: int, global_batch: int, total_steps: int,
-                  steps_per_epoch: int, run_dir: Path):
-    """What a pre-training run is about to do: device, precision, kernels, processes, global batch, steps,
-    parameters; on a CPU with bf16 matrix instructions left on ``precision: auto``, a hint."""
+def log_run_start(cfg, dist, device, n_params: int, global_batch: int, total_steps: int, steps_per_epoch: int,
+                  run_dir: Path):
+    """What a pre-training run is about to do: device, precision (and what ``auto`` picked, why), kernels,
+    processes, global batch, steps, parameters."""
     if not dist.is_main:
         return
-    log.info("device %s, precision %s, kernels %s, world size %d%s", device, str(amp_dtype).replace("torch.", ""),
-             jepa_kernels.backend(), dist.world_size,
+    log.info("device %s, precision: %s, kernels %s, world size %d%s", device,
+             describe_precision(cfg.training.precision, device), jepa_kernels.backend(), dist.world_size,
              f" ({cfg.distributed.strategy}, {torch.distributed.get_backend()})" if dist.enabled else "")
     log.info("global batch %d (per-process batch %d x %d processes x %d accumulation steps); lr as configured",
              global_batch, cfg.data.batch_size, dist.world_size, cfg.training.accum_steps)
     log.info("%d steps (%d epochs x %d steps), %.2fM trainable parameters, run dir %s", total_steps,
              cfg.training.epochs, steps_per_epoch, n_params / 1e6, run_dir)
-    if device.type == "cpu" and cfg.training.precision == "auto" and cpu_has_bf16_matmul():
-        log.info("this CPU has bf16 matrix instructions: --training.precision bf16 is usually much faster "
-                 "here (docs/performance.md, 'bf16 on CPU')")
