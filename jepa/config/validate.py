@@ -13,6 +13,7 @@ import warnings
 
 from jepa.config.braces import expand_braces
 from jepa.config.choices import DATASETS, DEVICE, MODEL_SIZES
+from jepa.config.grid import patch_grid
 from jepa.config.schema import VICREG_DEFAULTS, Config
 from jepa.errors import ConfigError
 
@@ -113,7 +114,7 @@ def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
     _check_data_files(d, cfg.eval.every_epochs)
     _check(d.image_size % m.patch_size == 0, "model.patch_size",
            f"must divide data.image_size={d.image_size}, got {m.patch_size}")
-    grid = d.image_size // m.patch_size
+    grid = patch_grid(d.image_size, m.patch_size)[0]
     _check(grid >= 2, "model.patch_size", f"leaves a {grid}x{grid} patch grid on data.image_size={d.image_size}; "
            "context and targets need at least 2x2 patches")
     _check(d.subset is None or d.batch_size <= d.subset, "data.batch_size",

@@ -10,6 +10,7 @@ from torch.profiler import record_function
 from torch.utils.checkpoint import checkpoint
 
 import jepa_kernels
+from jepa.config.grid import patch_grid
 from jepa.models.attention import attention, prepare_backend
 from jepa.models.pos_embed import sincos_2d
 
@@ -167,7 +168,7 @@ class VisionTransformer(nn.Module):
                  num_heads: int, mlp_ratio: float = 4.0, attention: str = "sdpa", drop_path: float = 0.0,
                  layer_scale: float | None = None, grad_checkpointing: bool = False):
         super().__init__()
-        self.grid = (img_size // patch_size, img_size // patch_size)
+        self.grid = patch_grid(img_size, patch_size)
         self.num_patches = self.grid[0] * self.grid[1]
         self.embed_dim = embed_dim
         self.grad_checkpointing = grad_checkpointing
