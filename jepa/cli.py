@@ -62,3 +62,16 @@ def run(main, argv: list[str] | None = None) -> int:
         if hint:
             print(f"  {hint}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def strip_resume(command: list[str]) -> list[str]:
+    """``command`` without its ``--resume X`` / ``--resume=X`` (resume hints and requeues add their own)."""
+    out, skip = [], False
+    for arg in command:
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        elif not arg.startswith("--resume="):
+            out.append(arg)
+    return out

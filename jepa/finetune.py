@@ -234,7 +234,7 @@ def run(argv: list[str] | None = None) -> int:
     cfg = finetune_config(args.checkpoint, parse_overrides(rest))
     run_dir = Path(args.run_dir or default_run_dir(Path(args.checkpoint), args.dataset or cfg.data.dataset,
                                                    args.fraction, args.shots, args.init))
-    command = ["python", "-m", "jepa.finetune", *strip_resume(argv)]
+    command = ["python", "-m", "jepa.finetune", *cli.strip_resume(argv)]
     if args.run_dir is None:
         command += ["--run-dir", str(run_dir)]
     tuner = Finetuner(cfg, args.checkpoint, args.dataset, run_dir, args.fraction, args.shots, args.init,
@@ -246,19 +246,6 @@ def run(argv: list[str] | None = None) -> int:
     else:
         print(f"{result['stopped']} at step {result['step']}; run dir {result['run_dir']}")
     return 0
-
-
-def strip_resume(command: list[str]) -> list[str]:
-    """``command`` without its ``--resume X`` (the resume hint adds ``--resume auto``)."""
-    out, skip = [], False
-    for arg in command:
-        if skip:
-            skip = False
-        elif arg == "--resume":
-            skip = True
-        elif not arg.startswith("--resume="):
-            out.append(arg)
-    return out
 
 
 if __name__ == "__main__":

@@ -62,15 +62,7 @@ class TrainJob:
 
 def with_resume_auto(train_args: list[str]) -> list[str]:
     """``train_args`` with any ``--resume X`` replaced by ``--resume auto``."""
-    out, skip = [], False
-    for arg in train_args:
-        if skip:
-            skip = False
-        elif arg == "--resume":
-            skip = True
-        elif not arg.startswith("--resume="):
-            out.append(arg)
-    return out + ["--resume", "auto"]
+    return cli.strip_resume(train_args) + ["--resume", "auto"]
 
 
 def requeue_after_save():
