@@ -24,11 +24,13 @@ setup(
     extras_require={
         # transformers: the tests load our Hugging Face exports with IJepaModel (it needs no torchvision)
         # submitit: tests/test_slurm.py runs jobs through its local executor (small, pure Python)
+        # wandb: tests/test_wandb.py logs offline runs and reads their files back
         "dev": ["pytest>=8", "pytest-benchmark>=4", "torch-tb-profiler>=0.4", "hypothesis>=6", "transformers>=4.47",
-                "submitit>=1.5"],
+                "submitit>=1.5", "wandb>=0.16"],
         "hf": ["transformers>=4.47"],
         "cuda": ["xformers"],
         "slurm": ["submitit>=1.5"],  # python -m jepa.launch
+        "wandb": ["wandb>=0.16"],  # logging.wandb: true
     },
     entry_points={"console_scripts": [f"jepa-{name}=jepa.{name}:main" for name in CLIS]},
 )

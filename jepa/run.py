@@ -22,6 +22,7 @@ from jepa import distributed as jdist
 from jepa.checkpoint import FORMAT, Checkpointer, restore_rng, rng_state
 from jepa.device import pick_precision, setup_process
 from jepa.io import atomic_write_text
+from jepa.monitoring.sinks import import_wandb
 from jepa.profiling import step_profiler
 from jepa.signals import StopOnSignal
 
@@ -97,6 +98,8 @@ class Run:
 
     def __init__(self, cfg):
         self.cfg = cfg
+        if cfg.logging.wandb:
+            import_wandb()  # without the optional package, stop before anything is built
         self.device, self.dist = setup_process(cfg)
         self.is_main = self.dist.is_main
         self.amp_dtype = pick_precision(cfg.training.precision, self.device)  # the run's one autocast dtype

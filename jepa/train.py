@@ -80,7 +80,7 @@ class Trainer(Run):
         self.write_config()
         self.logger = TrainLogger(cfg, self.run_dir, self.dist, device, self.mask_stats, self.global_batch, self.step)
         self.knn_monitor = KnnMonitor(cfg, device, self.amp_dtype)
-        self.pictures = TrainingPictures(cfg, self.data, device, self.amp_dtype, self.logger.writer)
+        self.pictures = TrainingPictures(cfg, self.data, device, self.amp_dtype, self.logger)
         self.profile = profile or cfg.profiling.enabled
 
     # ------------------------------------------------------------------ the step

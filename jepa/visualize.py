@@ -3,7 +3,7 @@
 Writes ``masks.png`` (training images with the sampled context tinted and target blocks outlined),
 ``features.png`` (each image beside the PCA colouring of its patch features, trained and random-init
 encoder) and ``retrieval.png`` (test queries and their nearest training images). During training the
-same pictures go to TensorBoard every ``logging.images_every_epochs`` (``TrainingPictures``).
+same pictures go to TensorBoard and W&B every ``logging.images_every_epochs`` (``TrainingPictures``).
 Everything is fixed by the seed: the same checkpoint and seed give the same bytes.
 """
 from __future__ import annotations
@@ -152,14 +152,16 @@ class PictureMaker:
 
 
 class TrainingPictures:
-    """The pictures in TensorBoard (``pictures/masks|features|retrieval``) every ``logging.images_every_epochs``.
+    """The pictures (``pictures/masks|features|retrieval``) to the logger's sinks (TensorBoard, W&B) every
+    ``logging.images_every_epochs``.
 
     Rank 0 only, without grad and without the global RNG: the run's numbers and an exact resume are
-    unchanged. Skipped under FSDP (the target encoder is sharded) and without TensorBoard.
+    unchanged. Skipped under FSDP (the target encoder is sharded) and without a sink.
     """
 
-    def __init__(self, cfg, data: TrainBatches, device, amp_dtype, writer):
-        self.cfg, self.data, self.device, self.amp_dtype, self.writer = cfg, data, device, amp_dtype, writer
+    def __init__(self, cfg, data: TrainBatches, device, amp_dtype, logger):
+        self.cfg, self.data, self.device, self.amp_dtype = cfg, data, device, amp_dtype
+        self.logger = logger if logger.sinks else None  # a TrainLogger; None: nothing to draw for
         self.maker: PictureMaker | None = None
 
     def due(self, epoch: int) -> bool:
@@ -172,12 +174,12 @@ class TrainingPictures:
 
     def __call__(self, model, epoch: int, step: int):
         """After ``epoch`` epochs (at ``step``): draw and log the pictures if due."""
-        if self.writer is None or not self.due(epoch) or jdist.is_sharded(model):
+        if self.logger is None or not self.due(epoch) or jdist.is_sharded(model):
             return
         if isinstance(self.data.dataset, ShardSet):  # the pictures pick images by index; a stream has none
-            log.info("no TensorBoard pictures for a stream of shards (python -m jepa.visualize --dataset NAME draws "
+            log.info("no training pictures for a stream of shards (python -m jepa.visualize --dataset NAME draws "
                      "them from an image folder)")
-            self.writer = None
+            self.logger = None
             return
         if self.maker is None:
             test = None
@@ -191,11 +193,11 @@ class TrainingPictures:
         try:
             pictures = self.maker.all(model.target_encoder, max(epoch - 1, 0), self.data)
         except BadImageError as e:  # the pictures read files the training stream may have skipped
-            log.warning("no TensorBoard pictures from now on: %s", e)
-            self.writer = None
+            log.warning("no training pictures from now on: %s", e)
+            self.logger = None
             return
         for name, image in pictures.items():
-            self.writer.add_image(f"pictures/{name}", image.numpy(), step, dataformats="HWC")
+            self.logger.image(f"pictures/{name}", image.numpy(), step)
 
 
 def visualize(checkpoint: str | Path, dataset: str | None = None, out: str | Path | None = None,

@@ -216,13 +216,17 @@ class TrainingConfig:
 
 @dataclass
 class LoggingConfig:
-    """Run directory, TensorBoard and the progress line."""
+    """Run directory, TensorBoard, Weights & Biases and the progress line."""
     run_dir: Optional[str] = None
     """Where logs and checkpoints go; null: runs/<config name>."""
     log_every: int = 10
     """Steps between logged metrics."""
     tensorboard: bool = True
     """Write TensorBoard scalars to <run_dir>/tb."""
+    wandb: bool = False
+    """Also log the scalars, pictures and config to Weights & Biases (needs pip install 'jepa-trainer[wandb]')."""
+    wandb_project: str = "jepa"
+    """The W&B project of the run (WANDB_ENTITY, WANDB_MODE, WANDB_DIR and the other W&B variables apply)."""
     progress: bool = True
     """Show the progress line."""
     rankme_batch: Optional[int] = None
@@ -230,7 +234,7 @@ class LoggingConfig:
     collapse_warn_fraction: float = 0.6
     """Warn once when train/rankme falls below this fraction of its step-0 value; 0 never warns."""
     images_every_epochs: Optional[int] = None
-    """Epochs between mask, feature-map and retrieval pictures in TensorBoard; null: at each checkpoint epoch, 0: never."""
+    """Epochs between mask, feature-map and retrieval pictures (TensorBoard, W&B); null: each checkpoint epoch, 0: never."""
 
 
 @dataclass

@@ -153,9 +153,16 @@ def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
     _check(not (cfg.distributed.strategy == "fsdp" and ev.every_epochs > 0), "eval.every_epochs",
            "the k-NN monitor runs on rank 0 alone and cannot read FSDP-sharded weights; set eval.every_epochs: 0 "
            "with distributed.strategy fsdp and evaluate checkpoints with python -m jepa.eval")
+    _check_wandb_project(cfg.logging.wandb_project)
     heads = cfg.probe.attentive_heads or m.num_heads
     _check(m.embed_dim % heads == 0, "probe.attentive_heads", f"must divide model.embed_dim={m.embed_dim}, got {heads}")
     return cfg
+
+
+def _check_wandb_project(project: str):
+    """A name W&B accepts as a project (it refuses these characters and longer names)."""
+    _check(0 < len(project) <= 128 and not set(project) & set("/\\#?%:"), "logging.wandb_project",
+           f"must be a W&B project name: 1 to 128 characters, none of / \\ # ? % :, got {project!r}")
 
 
 def _fill_level_weights(ls, levels: int):

@@ -1,5 +1,5 @@
-"""Where a run's numbers go: the progress line, TensorBoard scalars, mask statistics and images/s; and the lines
-that say what a run is about to do."""
+"""Where a run's numbers go: the progress line and the sinks (TensorBoard, W&B) with the scalars, mask statistics,
+images/s and pictures; and the lines that say what a run is about to do."""
 from __future__ import annotations
 
 import logging
@@ -12,12 +12,14 @@ import jepa_kernels
 from jepa import distributed as jdist
 from jepa.device import describe_precision
 from jepa.monitoring.progress import Progress
+from jepa.monitoring.sinks import open_sinks
 
 log = logging.getLogger("jepa")
 
 
 class TrainLogger:
-    """Every ``logging.log_every`` steps: means over ranks to the progress line and TensorBoard (rank 0).
+    """Every ``logging.log_every`` steps: means over ranks to the progress line and the sinks (rank 0): TensorBoard
+    and W&B get the same scalars and pictures (``jepa.monitoring.sinks``).
 
     ``mask_stats`` (None: no masks, as in fine-tuning) adds the sampler's token counts.
     """
@@ -26,16 +28,15 @@ class TrainLogger:
         self.log_every, self.show_progress = cfg.logging.log_every, dist.is_main and cfg.logging.progress
         self.dist, self.device, self.mask_stats = dist, device, mask_stats
         self.images_per_step = images_per_step
-        self.writer = None
-        if dist.is_main and cfg.logging.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
+        self.sinks = open_sinks(cfg, run_dir, start_step) if dist.is_main else []
         self.progress = None
 
     def start(self, step: int, total_steps: int):
         self.total_steps = total_steps
         self.progress = Progress(total_steps, initial=step, enabled=self.show_progress)
         self.last_t, self.last_step = time.time(), step
+        for sink in self.sinks:
+            sink.start()
 
     def advance(self, step: int):
         """Move the progress line to ``step``."""
@@ -69,14 +70,19 @@ class TrainLogger:
             self.scalar(f"masks/{k}", reduced[f"masks/{k}"], step)
 
     def scalar(self, tag: str, value: float, step: int):
-        if self.writer is not None:
-            self.writer.add_scalar(tag, value, step)
+        for sink in self.sinks:
+            sink.scalar(tag, value, step)
+
+    def image(self, tag: str, image, step: int):
+        """An ``[H, W, 3]`` uint8 picture to every sink."""
+        for sink in self.sinks:
+            sink.image(tag, image, step)
 
     def close(self):
         if self.progress is not None:
             self.progress.close()
-        if self.writer is not None:
-            self.writer.flush()
+        for sink in self.sinks:
+            sink.close()
 
 
 def log_run_start(cfg, dist, device, n_params: int, global_batch: int, total_steps: int, steps_per_epoch: int,
