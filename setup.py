@@ -25,8 +25,8 @@ setup(
         # transformers: the tests load our Hugging Face exports with IJepaModel (it needs no torchvision)
         # submitit: tests/test_slurm.py runs jobs through its local executor (small, pure Python)
         "dev": ["pytest>=8", "pytest-benchmark>=4", "torch-tb-profiler>=0.4", "hypothesis>=6", "transformers>=4.47",
-                "submitit>=1.5"],
-        "hf": ["transformers>=4.47"],
+                "submitit>=1.5", "datasets>=3"],
+        "hf": ["transformers>=4.47", "datasets>=3"],  # datasets: data.dataset: hf (imported only when used)
         "cuda": ["xformers"],
         "slurm": ["submitit>=1.5"],  # python -m jepa.launch
     },
