@@ -26,8 +26,8 @@ setup(
         # submitit: tests/test_slurm.py runs jobs through its local executor (small, pure Python)
         # wandb: tests/test_wandb.py logs offline runs and reads their files back
         "dev": ["pytest>=8", "pytest-benchmark>=4", "torch-tb-profiler>=0.4", "hypothesis>=6", "transformers>=4.47",
-                "submitit>=1.5", "wandb>=0.16"],
-        "hf": ["transformers>=4.47"],
+                "submitit>=1.5", "wandb>=0.16", "datasets>=3"],
+        "hf": ["transformers>=4.47", "datasets>=3"],  # datasets: data.dataset: hf (imported only when used)
         "cuda": ["xformers"],
         "slurm": ["submitit>=1.5"],  # python -m jepa.launch
         "wandb": ["wandb>=0.16"],  # logging.wandb: true

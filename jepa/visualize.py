@@ -19,10 +19,10 @@ from jepa import cli
 from jepa import distributed as jdist
 from jepa import drawing as pic
 from jepa.data import TrainBatches, eval_transform, normalisation
-from jepa.data.datasets import load_dataset
+from jepa.data.datasets import hf_options, load_dataset
 from jepa.data.datasets.decode import BadImageError
-from jepa.data.shard_reader import ShardSet
 from jepa.config.choices import PRECISIONS
+from jepa.data.shard_reader import SampleStream
 from jepa.device import autocast, pick_device, pick_precision
 from jepa.errors import ConfigError
 from jepa.eval import extract_features, load_source, random_init_encoder, run_data_root
@@ -176,9 +176,9 @@ class TrainingPictures:
         """After ``epoch`` epochs (at ``step``): draw and log the pictures if due."""
         if self.logger is None or not self.due(epoch) or jdist.is_sharded(model):
             return
-        if isinstance(self.data.dataset, ShardSet):  # the pictures pick images by index; a stream has none
-            log.info("no training pictures for a stream of shards (python -m jepa.visualize --dataset NAME draws "
-                     "them from an image folder)")
+        if isinstance(self.data.dataset, SampleStream):  # the pictures pick images by index; a stream has none
+            log.info("no training pictures for a streamed dataset (python -m jepa.visualize --dataset NAME draws "
+                     "them from an image folder or a map-style dataset)")
             self.logger = None
             return
         if self.maker is None:
@@ -186,7 +186,8 @@ class TrainingPictures:
             try:
                 if not self.cfg.data.mix and getattr(self.data.dataset, "name", None) == self.cfg.data.dataset:
                     test = load_dataset(self.cfg.data.dataset, "test", self.cfg.data.root,
-                                        channels=self.cfg.data.channels, image_size=self.cfg.data.image_size)
+                                        channels=self.cfg.data.channels, image_size=self.cfg.data.image_size,
+                                        hf=hf_options(self.cfg.data))
             except (FileNotFoundError, ValueError) as e:
                 log.info("pictures: no test split (%s); queries come from the training images", str(e).splitlines()[0])
             self.maker = PictureMaker(self.cfg, self.data.dataset, test, self.device, self.amp_dtype, gallery=500)
@@ -218,7 +219,8 @@ def visualize(checkpoint: str | Path, dataset: str | None = None, out: str | Pat
     cfg.data.dataset, cfg.data.mix, cfg.data.mean, cfg.data.std = name, None, list(norm["mean"]), list(norm["std"])
     if seed is not None:
         cfg.training.seed = seed
-    load = dict(channels=cfg.data.channels, image_size=cfg.data.image_size)
+    load = dict(channels=cfg.data.channels, image_size=cfg.data.image_size,
+                hf=hf_options(cfg.data))
     train = load_dataset(name, "train", root, **load)
     try:
         test = load_dataset(name, "test", root, **load)

@@ -146,3 +146,33 @@ def write_varied_folder(root: Path, classes: int = 3, per_class: int = 8, *, see
             w, h = (int(v) for v in rng.integers(sides[0], sides[1] + 1, 2))
             Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i:03d}{ext}")
     return Path(root)
+
+
+def encoded_images(n: int, seed: int, sides=(17, 40)) -> list[bytes]:
+    """``n`` random RGB images of varied sizes, PNG and JPEG in turn, as file bytes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        w, h = (int(v) for v in rng.integers(sides[0], sides[1] + 1, 2))
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG" if i % 2 else "JPEG")
+        out.append(buf.getvalue())
+    return out
+
+
+def write_hf_parquet(path: Path, images: list[bytes], labels: list[int], row_group_size: int = 6,
+                     class_label: bool = False) -> Path:
+    """A parquet file as the ``datasets`` library writes one (an Image column of {bytes, path}, a label column,
+    the features in the schema metadata), in row groups of ``row_group_size``."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    label = datasets.ClassLabel(num_classes=max(labels) + 1) if class_label else datasets.Value("int64")
+    features = datasets.Features({"image": datasets.Image(), "label": label})
+    ds = datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in images], "label": labels},
+                                    features=features)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(ds.data.table, path, row_group_size=row_group_size)
+    return Path(path)

@@ -190,6 +190,20 @@ def scenario_shards(out: Path, rank: int, world: int) -> dict:
     return {"labels": labels, "batches_per_epoch": batches.batches_per_epoch}
 
 
+def scenario_hf_stream(out: Path, rank: int, world: int) -> dict:
+    """Two epochs of the parquet stream written to ``out/hf`` (48 rows labelled by row, 8 row groups), 2 loader
+    workers per rank."""
+    from jepa.config import load_config
+    from jepa.data import TrainBatches
+    cfg = load_config(None, {"data.dataset": "hf", "data.hf_path": str(out / "hf" / "train-*.parquet"),
+                             "data.hf_streaming": "true", "data.image_size": "16", "data.channels": "3",
+                             "model.patch_size": "4", "masks.min_keep": "4", "data.batch_size": "4",
+                             "data.num_workers": "2", "data.shuffle_buffer": "4"})
+    batches = TrainBatches(cfg, rank=rank, world_size=world)
+    labels = {e: [b.labels.tolist() for b in batches.epoch(e)] for e in (0, 1)}
+    return {"labels": labels, "batches_per_epoch": batches.batches_per_epoch}
+
+
 def main(argv):
     scenario, out = argv[0], Path(argv[1])
     from jepa import distributed as jdist

@@ -132,7 +132,7 @@ def test_choice_fields_list_exactly_the_choices_of_the_module_that_owns_them(key
         load_config(None, {key: "no_such_choice"})
     assert f"{key}: must be one of {', '.join(valid)}, got 'no_such_choice'" in str(e.value)
     section, field = key.split(".")
-    needs = {"shards": {"data.shards": "/data/shard-{0..3}.tar"}}  # a choice that needs another key
+    needs = {"shards": {"data.shards": "/data/shard-{0..3}.tar"}, "hf": {"data.hf_path": "/data/x"}}  # needs a key
     for choice in valid:
         assert getattr(getattr(load_config(None, {key: choice, **needs.get(choice, {})}), section), field) == choice
 

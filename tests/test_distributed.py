@@ -188,6 +188,20 @@ def test_two_ranks_with_two_workers_each_see_every_shard_sample_once_per_epoch(o
     assert r0["labels"][0] != r0["labels"][1], "the second epoch repeated the first one's order"
 
 
+def test_two_ranks_with_two_workers_each_read_every_parquet_row_once_per_epoch(out_dir):
+    from data_formats import encoded_images, write_hf_parquet
+    images = encoded_images(48, seed=6)
+    for k in (0, 1):
+        write_hf_parquet(out_dir / "hf" / f"train-{k}.parquet", images[24 * k:24 * (k + 1)],
+                         list(range(24 * k, 24 * (k + 1))))
+    r0, r1 = launch("hf_stream", out_dir)
+    assert r0["batches_per_epoch"] == r1["batches_per_epoch"] == 6
+    for epoch in (0, 1):
+        seen = [label for r in (r0, r1) for batch in r["labels"][epoch] for label in batch]
+        assert sorted(seen) == list(range(48)), f"epoch {epoch}: not every row exactly once"
+    assert r0["labels"][0] != r0["labels"][1], "the second epoch repeated the first one's order"
+
+
 # ---------------------------------------------------------------- single-process checks
 
 

@@ -369,4 +369,4 @@ def test_a_shard_run_with_tensorboard_pictures_on_trains_and_explains(labelled_s
     over = {"data.batch_size": 8, "logging.tensorboard": "true", "logging.images_every_epochs": 1}
     with caplog.at_level(logging.INFO, logger="jepa"):
         assert Trainer(cfg_for(labelled_shards, **over), run_dir=tmp_path / "r").train()["stopped"] == "completed"
-    assert "no training pictures for a stream of shards" in caplog.text
+    assert "no training pictures for a streamed dataset" in caplog.text

@@ -21,7 +21,8 @@ Pooling = Literal["mean", "last4"]  # token-mean of the output, or of each of th
 CompileMode = Literal["default", "max-autotune"]
 
 # data
-DatasetName = Literal["fashion_mnist", "mnist", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic", "shards"]
+DatasetName = Literal["fashion_mnist", "mnist", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic", "shards",
+                      "hf"]
 DATASETS: tuple[str, ...] = typing.get_args(DatasetName)
 OnBadImage = Literal["error", "skip"]
 

@@ -113,7 +113,20 @@ class DataConfig:
     """With data.dataset: shards, the tar shards python -m jepa.shards wrote: "DIR/shard-{000000..000127}.tar"
     (or "pipe:CMD"); the index is looked up in data.root or beside them."""
     shuffle_buffer: int = 1000
-    """With data.dataset: shards, the samples each loader worker shuffles its stream through (1: no shuffling)."""
+    """With data.dataset: shards or a streamed hf dataset, the samples each loader worker shuffles its stream
+    through (1: no shuffling)."""
+    hf_path: Optional[str] = None
+    """With data.dataset: hf, the Hugging Face dataset: a hub name (online), a save_to_disk folder, a folder of
+    parquet files, or a parquet glob ("/data/in1k/{split}-*.parquet": {split} is replaced by the split's name)."""
+    hf_split: str = "train"
+    """With data.dataset: hf, the split trained on (evaluation's test split is --test-split, default test)."""
+    hf_image_column: str = "image"
+    """With data.dataset: hf, the column holding the images (an Image feature, or encoded bytes)."""
+    hf_label_column: Optional[str] = "label"
+    """With data.dataset: hf, the column holding integer labels; null: unlabelled (no probes)."""
+    hf_streaming: bool = False
+    """With data.dataset: hf, stream the parquet row groups (sets larger than the disk) instead of loading the
+    split; each sample is read once per epoch by one (process, loader worker), through data.shuffle_buffer."""
 
 
 @dataclass

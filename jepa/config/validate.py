@@ -112,6 +112,7 @@ def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
                f"must be one of {', '.join(n for n in DATASETS if n != 'shards')}, got {part.name!r}")
         _check(0 < part.weight <= 1e6, f"data.mix[{i}].weight", f"must be in (0, 1e6], got {part.weight}")
     _check_data_files(d, cfg.eval.every_epochs)
+    _check_hf(d, cfg.eval.every_epochs)
     _check(d.image_size % m.patch_size == 0, "model.patch_size",
            f"must divide data.image_size={d.image_size}, got {m.patch_size}")
     grid = patch_grid(d.image_size, m.patch_size)[0]
@@ -265,6 +266,28 @@ def _check_data_files(d, monitor_every: int):
     _check(monitor_every == 0, "eval.every_epochs", "the k-NN monitor needs a labelled image folder, not a stream "
                                                     "of shards; set eval.every_epochs: 0 with data.dataset: shards "
                                                     "and evaluate checkpoints with python -m jepa.eval")
+
+
+def _check_hf(d, monitor_every: int):
+    """The Hugging Face keys of ``data``: a path wherever an hf dataset is read, streaming only for data.dataset."""
+    names = [p.name for p in d.mix] if d.mix else [d.dataset]
+    used = "hf" in names
+    _check(d.hf_path is None or used, "data.hf_path", f"is only read with data.dataset: hf, not {d.dataset!r}")
+    _check(not d.hf_streaming or (d.dataset == "hf" and not d.mix), "data.hf_streaming",
+           "streams data.dataset: hf alone, not a data.mix part; set it to false")
+    for key in ("hf_split", "hf_image_column", "hf_label_column"):
+        value = getattr(d, key)
+        _check(value is None and key == "hf_label_column" or bool(value and value.strip()), f"data.{key}",
+               f"must be a non-empty name{' or null' if key == 'hf_label_column' else ''}, got {value!r}")
+    if not used:
+        return
+    rootless = not d.mix or any(p.name == "hf" and p.root is None for p in d.mix)
+    _check(not rootless or bool(d.hf_path and d.hf_path.strip()), "data.hf_path",
+           "is required with data.dataset: hf: a hub name (owner/name), a save_to_disk folder, a folder of parquet "
+           "files or a parquet glob such as /data/in1k/{split}-*.parquet")
+    _check(not d.hf_streaming or monitor_every == 0, "eval.every_epochs",
+           "the k-NN monitor needs a dataset it can index, not a stream; set eval.every_epochs: 0 with "
+           "data.hf_streaming: true and evaluate checkpoints with python -m jepa.eval")
 
 
 def _check_masks(k, side: int):

@@ -20,11 +20,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 from jepa.config.grid import patch_grid
 from jepa.data.bad_images import BadImages
 from jepa.data.crops import FileCrops
-from jepa.data.datasets import (DatasetFormatError, DatasetNotFoundError, ImageFolderDataset, MixtureDataset,
-                                load_dataset)
+from jepa.data.datasets import (DatasetFormatError, DatasetNotFoundError, EncodedImages, MixtureDataset,
+                                hf_options, load_dataset)
 from jepa.data.datasets.decode import BadImageError
+from jepa.data.hf_stream import load_hf_stream
 from jepa.data.shard_plan import ShardPlan, read_in_order
-from jepa.data.shard_reader import ShardSet, load_shards
+from jepa.data.shard_reader import SampleStream, load_shards
 from jepa.data.transforms import BatchAugment, normalisation, normalize
 from jepa.errors import ConfigError
 from jepa.masks import MaskSampler, block_size
@@ -78,12 +79,15 @@ def block_shape(tgt_idx: torch.Tensor, grid_w: int) -> tuple[int, int]:
 
 
 def build_dataset(cfg, split: str = "train"):
-    """The dataset (or weighted mixture, or shard stream) named by ``cfg.data``, at the configured size and channels."""
+    """The dataset (or weighted mixture, or shard or parquet stream) named by ``cfg.data``, at the configured size and
+    channels."""
     d = cfg.data
     if d.dataset == "shards" and not d.mix:
         return load_shards(d.shards, d.root, d.channels, d.image_size)
+    if d.dataset == "hf" and d.hf_streaming and not d.mix:
+        return load_hf_stream(hf_options(d), split, d.channels, d.image_size)
     common = dict(channels=d.channels, image_size=d.image_size, download=d.download, base_url=d.download_url,
-                  synthetic_size=d.synthetic_size, seed=cfg.training.seed, subset=d.subset)
+                  synthetic_size=d.synthetic_size, seed=cfg.training.seed, subset=d.subset, hf=hf_options(d))
     if d.mix:
         parts = [load_dataset(p.name, split, p.root, **common) for p in d.mix]
         return MixtureDataset(parts, [p.weight for p in d.mix])
@@ -171,10 +175,10 @@ def crop_files(crops: FileCrops, sources: list, labels: torch.Tensor, seeds: lis
 
 
 def has_files(dataset) -> bool:
-    """Whether (part of) ``dataset`` is image files, cropped per image instead of augmented as a batch."""
+    """Whether (part of) ``dataset`` is encoded images (files, bytes), cropped one by one instead of as a batch."""
     if isinstance(dataset, MixtureDataset):
-        return any(isinstance(p, ImageFolderDataset) for p in dataset.parts)
-    return isinstance(dataset, ImageFolderDataset)
+        return any(isinstance(p, EncodedImages) for p in dataset.parts)
+    return isinstance(dataset, EncodedImages)
 
 
 class EpochBatches(Dataset):
@@ -208,7 +212,7 @@ class EpochBatches(Dataset):
             images, labels = ds.get_batch(idx)
             return self.augment(images, g), labels, None, []
         seeds = [mix_seed(self.seed, "crop", self.rank, self.epoch, i, j) for j in range(len(idx))]
-        if isinstance(ds, ImageFolderDataset):
+        if isinstance(ds, EncodedImages):
             images, labels, bad = crop_files(self.crops, [ds.source(k) for k in idx.tolist()], ds.labels[idx], seeds)
             return images, labels, self.norm, bad
         return self.mixed(idx, g, seeds)
@@ -223,7 +227,7 @@ class EpochBatches(Dataset):
         for p in part_of.unique().tolist():
             slots = (part_of == p).nonzero().squeeze(1)
             part, local = ds.parts[p], idx[slots] - ds.offsets[p]
-            if isinstance(part, ImageFolderDataset):
+            if isinstance(part, EncodedImages):
                 sources = [part.source(k) for k in local.tolist()]
                 raw, part_labels, part_bad = crop_files(self.crops, sources, part.labels[local],
                                                         [seeds[k] for k in slots.tolist()])
@@ -242,7 +246,7 @@ class ShardBatches(IterableDataset):
     yields batches ``start, start + 1, ...`` in order. Views are seeded by (seed, epoch, global sample id).
     """
 
-    def __init__(self, shards: ShardSet, plan: ShardPlan, crops: FileCrops, norm, sampler: MaskSampler,
+    def __init__(self, shards: SampleStream, plan: ShardPlan, crops: FileCrops, norm, sampler: MaskSampler,
                  seed: int, rank: int, epoch: int, start: int):
         self.shards, self.plan, self.crops, self.norm, self.sampler = shards, plan, crops, norm, sampler
         self.seed, self.rank, self.epoch, self.start = seed, rank, epoch, start
@@ -294,10 +298,10 @@ class TrainBatches:
         self.bad_images = BadImages(cfg.data.on_bad_image, cfg.data.max_bad_images)
         self.batch_size = cfg.data.batch_size
         self.pin_memory = pin_memory
-        if isinstance(self.dataset, ShardSet):
+        if isinstance(self.dataset, SampleStream):
             d = cfg.data
             self.plan = ShardPlan(self.dataset.counts, world_size, d.num_workers, self.batch_size, d.shuffle_buffer,
-                                  cfg.training.seed)
+                                  cfg.training.seed, self.dataset.key, self.dataset.more_parts)
             self.batches_per_epoch = self.plan.batches_per_epoch
             return
         per_rank = len(self.dataset) // world_size
@@ -308,7 +312,7 @@ class TrainBatches:
 
     def stream_info(self) -> dict:
         """What else fixes the batch sequence: for shards, the readers and the shuffle buffer."""
-        if not isinstance(self.dataset, ShardSet):
+        if not isinstance(self.dataset, SampleStream):
             return {}
         return {"shards": len(self.dataset.urls), "shard_readers": self.plan.workers * self.world_size,
                 "shuffle_buffer": self.plan.shuffle_buffer}
@@ -330,7 +334,7 @@ class TrainBatches:
     def batches(self, epoch: int, start: int = 0) -> EpochBatches | ShardBatches:
         """The loader's dataset of ``epoch``'s batches: indexed by batch, or for shards streamed from ``start`` on."""
         seed = self.cfg.training.seed
-        if isinstance(self.dataset, ShardSet):
+        if isinstance(self.dataset, SampleStream):
             return ShardBatches(self.dataset, self.plan, self.crops, self.norm, self.sampler, seed, self.rank, epoch,
                                 start)
         return EpochBatches(self.dataset, self.order(epoch), self.batch_size, self.augment, self.sampler, seed,

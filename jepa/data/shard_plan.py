@@ -12,7 +12,7 @@ import heapq
 import random
 from typing import Iterator
 
-from jepa.data.shard_reader import Sample, ShardSet
+from jepa.data.shard_reader import Sample, SampleStream
 from jepa.errors import ConfigError
 from jepa.seeds import mix_seed
 
@@ -53,14 +53,15 @@ class ShardPlan:
     """
 
     def __init__(self, counts: list[int], world_size: int, workers: int, batch_size: int, shuffle_buffer: int,
-                 seed: int):
+                 seed: int, key: str = "data.shards", more_parts: str = "write more, smaller shards (python -m "
+                 "jepa.shards --shard-size)"):
         self.counts, self.workers, self.batch_size = list(counts), max(1, workers), batch_size
         self.world_size, self.shuffle_buffer, self.seed = world_size, shuffle_buffer, seed
         readers = world_size * self.workers
         if len(counts) < readers:
-            raise ConfigError(f"data.shards names {len(counts)} shards but {world_size} process(es) x "
-                             f"{self.workers} loader worker(s) = {readers} readers each need their own; write more, "
-                             "smaller shards (python -m jepa.shards --shard-size) or lower data.num_workers")
+            raise ConfigError(f"{key} names {len(counts)} shards but {world_size} process(es) x "
+                             f"{self.workers} loader worker(s) = {readers} readers each need their own; {more_parts} "
+                             "or lower data.num_workers")
         self.groups = assign_shards(self.counts, readers)
         smallest = min(sum(self.counts[k] for k in g) for g in self.groups)
         self.batches_per_reader = smallest // batch_size
@@ -89,7 +90,7 @@ class ShardPlan:
         return range(first, self.batches_per_epoch, self.workers)
 
 
-def read_in_order(shardset: ShardSet, shards: list[int], positions: list[int]) -> Iterator[Sample]:
+def read_in_order(shardset: SampleStream, shards: list[int], positions: list[int]) -> Iterator[Sample]:
     """The samples at ``positions`` of the concatenation of ``shards``, in that order. Shards holding none of
     them are not opened; samples read ahead of their turn are held (at most a shuffle buffer's worth)."""
     starts = [0]

@@ -88,11 +88,43 @@ def find_index(urls: list[str], root: str | None) -> Path:
                                "the folder holding their index", candidates)
 
 
-class ShardSet:
-    """The shards ``data.shards`` names, with their sample counts from the index; a stream, not indexable.
+class SampleStream:
+    """A dataset read front to back in parts (tar shards, parquet row groups); a stream, not indexable.
 
-    ``counts[k]`` samples are in shard ``k``; sample ``j`` of shard ``k`` has the global id ``offsets[k] + j``.
+    ``counts[k]`` samples are in part ``k`` (named ``urls[k]``); sample ``j`` of part ``k`` has the global id
+    ``offsets[k] + j``. ``key`` is the config key naming the parts and ``more_parts`` how to make more of them,
+    for the read plan's errors; ``where`` names the whole stream.
     """
+
+    key, more_parts, where = "data.shards", "", ""
+    urls: list[str]
+    counts: list[int]
+    offsets: list[int]
+    name: str
+    channels: int
+    image_size: int
+    images = None
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def samples(self, shard: int, wanted: set[int]) -> Iterator[Sample]:
+        """The samples of part ``shard`` whose positions are in ``wanted``, in order."""
+        raise NotImplementedError
+
+
+def offsets_of(counts: list[int]) -> list[int]:
+    """The global id of each part's first sample, and the total last."""
+    offsets = [0]
+    for n in counts:
+        offsets.append(offsets[-1] + n)
+    return offsets
+
+
+class ShardSet(SampleStream):
+    """The shards ``data.shards`` names, with their sample counts from the index (see :class:`SampleStream`)."""
+
+    more_parts = "write more, smaller shards (python -m jepa.shards --shard-size)"
 
     def __init__(self, urls: list[str], index: dict, index_path: Path, *, channels: int, image_size: int):
         entries = {s["name"]: s for s in index["shards"]}
@@ -104,17 +136,11 @@ class ShardSet:
         self.urls = urls
         self.counts = [int(entries[shard_file_name(u)]["samples"]) for u in urls]
         self.sizes = [entries[shard_file_name(u)].get("bytes") for u in urls]
-        self.offsets = [0]
-        for n in self.counts:
-            self.offsets.append(self.offsets[-1] + n)
+        self.offsets = offsets_of(self.counts)
         self.classes = list(index.get("classes", []))
         self.num_classes = len(self.classes)
-        self.index_path = index_path
+        self.index_path, self.where = index_path, str(index_path)
         self.name, self.split, self.channels, self.image_size = "shards", "train", channels, image_size
-        self.images = None
-
-    def __len__(self) -> int:
-        return self.offsets[-1]
 
     def __repr__(self) -> str:
         return f"ShardSet({len(self.urls)} shards, {len(self)} samples, index {self.index_path})"

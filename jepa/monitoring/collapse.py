@@ -8,7 +8,7 @@ import torch
 from jepa.data import build_dataset, eval_transform
 from jepa.data.datasets.decode import BadImageError
 from jepa.data.datasets.folder import decode_square
-from jepa.data.shard_reader import ShardSet
+from jepa.data.shard_reader import SampleStream
 from jepa.device import autocast
 from jepa.monitoring.rankme import rankme
 from jepa.seeds import mix_seed
@@ -27,7 +27,7 @@ def held_out_images(cfg, n: int, train_dataset) -> tuple[torch.Tensor, str]:
             log.info("no test split for the RankMe batch (%s); using fixed training images", str(e).splitlines()[0])
     if source is None:
         source, where = train_dataset, "training images"
-    if isinstance(source, ShardSet):
+    if isinstance(source, SampleStream):
         images, where = first_shard_images(source, n), "first images of the first shard"
     else:
         g = torch.Generator().manual_seed(mix_seed(cfg.training.seed, 4099))
@@ -35,7 +35,7 @@ def held_out_images(cfg, n: int, train_dataset) -> tuple[torch.Tensor, str]:
     return eval_transform(cfg)(images), where
 
 
-def first_shard_images(shards: ShardSet, n: int) -> torch.Tensor:
+def first_shard_images(shards: SampleStream, n: int) -> torch.Tensor:
     """The first ``n`` decodable images of a stream of shards (it has no random access), centre squares."""
     kept = []
     for k, count in enumerate(shards.counts):
@@ -47,7 +47,7 @@ def first_shard_images(shards: ShardSet, n: int) -> torch.Tensor:
             if len(kept) == n:
                 return torch.stack(kept)
     if not kept:
-        raise BadImageError(str(shards.index_path), "no image of the shards can be decoded")
+        raise BadImageError(shards.where, "no image of the shards can be decoded")
     return torch.stack(kept)
 
 

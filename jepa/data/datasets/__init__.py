@@ -13,7 +13,9 @@ from jepa.data.datasets.convert import LUMA_WEIGHTS, convert_images
 from jepa.data.datasets.decode import BadImageError
 from jepa.data.datasets.downloads import DOWNLOADS, _checksum_problem, download  # noqa: F401 (tests use it)
 from jepa.data.datasets.errors import DatasetFormatError, DatasetNotFoundError, DownloadError
-from jepa.data.datasets.folder import IMAGE_EXTENSIONS, ImageFolderDataset, load_imagefolder  # noqa: F401
+from jepa.data.datasets.folder import (IMAGE_EXTENSIONS, EncodedImages, ImageFolderDataset,  # noqa: F401
+                                       load_imagefolder)
+from jepa.data.datasets.hf import HFOptions, hf_options, load_hf, with_path
 from jepa.data.datasets.idx import load_idx_pair, read_idx
 from jepa.data.datasets.memory import ImageDataset
 from jepa.data.datasets.mixture import MixtureDataset
@@ -34,6 +36,9 @@ __all__ = [
     "DownloadError",
     "ImageDataset",
     "ImageFolderDataset",
+    "EncodedImages",
+    "HFOptions",
+    "hf_options",
     "MixtureDataset",
     "load_dataset",
     "dataset_stats",
@@ -61,20 +66,22 @@ _STATS = {
     "imagefolder": _IMAGENET_STATS,
     "synthetic": _IMAGENET_STATS,
     "shards": _IMAGENET_STATS,
+    "hf": _IMAGENET_STATS,
 }
 
 
 def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None = None, *,
                  channels: int | None = None, image_size: int | None = None, download: bool = False,
                  base_url: str | None = None, synthetic_size: int = 1024, synthetic_classes: int = 10,
-                 seed: int = 0, subset: int | None = None) -> ImageDataset:
+                 seed: int = 0, subset: int | None = None, hf: HFOptions | None = None) -> ImageDataset:
     """Load a dataset split as an :class:`ImageDataset` of ``(uint8 [C, S, S], label)`` items.
 
     ``channels`` (1 or 3) and ``image_size`` convert the images once at load
     time; None keeps the native format (imagefolder defaults to 3 x 224,
     synthetic to 3 x 32).  ``download=True`` fetches MNIST, Fashion-MNIST and
     CIFAR when they are missing.  ``subset=n`` keeps the first n items (for
-    imagefolder in class-then-file-name order).  Synthetic data is for tests and
+    imagefolder in class-then-file-name order).  ``hf`` holds the ``data.hf_*`` keys of an hf dataset (``root``,
+    where given, replaces its path; the command's ``train`` split is ``hf.split``).  Synthetic data is for tests and
     benchmarks: it is only produced when ``name="synthetic"``.
     """
     if name not in DATASETS:
@@ -88,6 +95,8 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
     if name == "shards":
         raise ValueError("shards are streamed for training only (data.shards); to evaluate or monitor, load the "
                          "image folder they were written from (dataset imagefolder)")
+    if name == "hf":
+        return load_hf(with_path(hf, root), split, channels or 3, image_size or 224, subset)
     split = resolve_split(name, split)
 
     if name == "synthetic":

@@ -12,13 +12,34 @@ from jepa.data.datasets.memory import ImageDataset
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
-class ImageFolderDataset(ImageDataset):
-    """An ImageNet-style ``<split>/<class>/<image>`` tree decoded per item with Pillow.
+class EncodedImages(ImageDataset):
+    """Images kept encoded (files or bytes) and decoded per item: image folders and Hugging Face datasets.
 
     Items (``[i]``, :meth:`get_batch`, used by evaluation) are converted to ``channels``, their shorter side
     resized to ``image_size`` and center-cropped to a square.  Training does not use them: it crops each
-    file at full resolution (:meth:`source`, :class:`jepa.data.crops.FileCrops`).  ``images`` is None.
+    image at full resolution (:meth:`source`, :class:`jepa.data.crops.FileCrops`).  ``images`` is None.
     """
+
+    def source(self, index: int):
+        """The encoded image of item ``index`` (a path or bytes) and the name errors give it."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        source, name = self.source(index)
+        return decode_square(source, self.channels, self.image_size, name), int(self.labels[index])
+
+    def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode and stack the given items; slower than the in-memory datasets."""
+        idx = torch.as_tensor(indices, dtype=torch.long).tolist()
+        if not idx:
+            empty = torch.empty(0, self.channels, self.image_size, self.image_size, dtype=torch.uint8)
+            return empty, torch.empty(0, dtype=torch.long)
+        images = torch.stack([self[i][0] for i in idx])
+        return images, self.labels[torch.tensor(idx, dtype=torch.long)]
+
+
+class ImageFolderDataset(EncodedImages):
+    """An ImageNet-style ``<split>/<class>/<image>`` tree decoded per item with Pillow (see :class:`EncodedImages`)."""
 
     def __init__(self, samples: list[tuple[Path, int]], classes: list[str], *, split: str, channels: int,
                  image_size: int, root: Path):
@@ -32,19 +53,6 @@ class ImageFolderDataset(ImageDataset):
         """The file of item ``index`` and the name errors give it."""
         path = self.samples[index][0]
         return path, str(path)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path, label = self.samples[index]
-        return decode_square(path, self.channels, self.image_size), label
-
-    def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decode and stack the given items; slower than the in-memory datasets."""
-        idx = torch.as_tensor(indices, dtype=torch.long).tolist()
-        if not idx:
-            empty = torch.empty(0, self.channels, self.image_size, self.image_size, dtype=torch.uint8)
-            return empty, torch.empty(0, dtype=torch.long)
-        images = torch.stack([self[i][0] for i in idx])
-        return images, self.labels[torch.tensor(idx, dtype=torch.long)]
 
 
 def find_split_dir(folder: Path, split: str) -> Path | None:
