@@ -1,8 +1,9 @@
-"""The training objective: feature prediction per hierarchy level, plus an optional VICReg term.
+"""The training objective: feature prediction per hierarchy level, plus optional VICReg and SIGReg terms.
 
 The step (``jepa.train.Trainer.train_step``) computes level 0 itself with the fused kernel
-``jepa_kernels.masked_target_loss``; ``level_losses`` adds the coarser H-JEPA levels and ``vicreg_loss``
-the VICReg term of ``loss.type: combined`` (docs/algorithm.md, "Loss").
+``jepa_kernels.masked_target_loss``; ``level_losses`` adds the coarser H-JEPA levels, ``vicreg_loss``
+the VICReg term of ``loss.type: combined`` and ``sigreg_loss`` the SIGReg term of ``loss.sigreg_weight``
+(docs/algorithm.md, "Loss" and "SIGReg").
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import jepa_kernels
+from jepa.sigreg import null_value, sigreg
 
 LN_EPS = 1e-6  # the fused loss kernel's layer-norm eps; every target path uses it so levels agree
 
@@ -108,3 +110,18 @@ def vicreg_loss(z: torch.Tensor, target: torch.Tensor, n_context_masks: int = 1,
         ref = normalize_targets(target.detach().float()).mean(dim=1)
         reg = reg + inv_weight * F.mse_loss(pooled, ref.repeat(n_context_masks, 1))
     return reg
+
+
+def sigreg_loss(z: torch.Tensor, target: torch.Tensor, directions: torch.Tensor, where: str) -> torch.Tensor:
+    """SIGReg of the per-image mean embeddings: of the context ``z`` ``[E·B, Kc, D]`` (the VICReg term's), of the
+    target ``[B, N, D]``, or (``both``) the mean of the two terms."""
+    terms = [sigreg(x.float().mean(dim=1), directions) for name, x in (("context", z), ("target", target))
+             if where in (name, "both")]
+    return sum(terms) / len(terms)
+
+
+def sigreg_floor(z: torch.Tensor, target: torch.Tensor, where: str, world_size: int = 1) -> float:
+    """What ``sigreg_loss`` averages to on Gaussian embeddings of the global batch (``null_value``): its floor."""
+    floors = [null_value(x.shape[0] * world_size) for name, x in (("context", z), ("target", target))
+              if where in (name, "both")]
+    return sum(floors) / len(floors)

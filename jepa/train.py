@@ -1,9 +1,9 @@
 """I-JEPA / H-JEPA pre-training: ``python -m jepa.train --config configs/X.yaml [--section.key value ...]``.
 
 One optimizer step (docs/algorithm.md, "One step"): schedule values → forward (target branch
-without grad, context branch on context tokens only, predictor) → loss → backward → clip →
-optimizer step → zero grads → EMA of the target encoder. The loop around it, checkpoints and
-stopping are ``jepa.run.Run``'s.
+without grad, context branch on context tokens only, predictor) → loss (+ VICReg, + SIGReg) → backward →
+clip → optimizer step → zero grads → EMA of the target encoder (none with online targets). The loop
+around it, checkpoints and stopping are ``jepa.run.Run``'s.
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from jepa.config.validate import check_accum_steps
 from jepa.data import Batch, TrainBatches
 from jepa.device import autocast
 from jepa.interop.init import adopt_architecture, start_from
-from jepa.losses import LN_EPS, expand_targets, level_losses, prediction_kind, vicreg_loss
+from jepa.losses import (LN_EPS, expand_targets, level_losses, prediction_kind, sigreg_floor, sigreg_loss,
+                         vicreg_loss)
 from jepa.masks import MaskStats
 from jepa.models import build_model, compile_model, mark_token_counts_dynamic
 from jepa.monitoring.collapse import CollapseMonitor
@@ -33,6 +34,7 @@ from jepa.monitoring.rankme import target_std
 from jepa.optim import FiniteGuard, build_optimizer, optimizer_step, set_schedule
 from jepa.run import Run
 from jepa.schedules import build_schedules
+from jepa.sigreg import sigreg_directions
 from jepa.slurm import launcher_rank
 from jepa.visualize import TrainingPictures
 
@@ -71,7 +73,10 @@ class Trainer(Run):
         if t.compile:
             compile_model(self.model, t.compile)
         self.ema_pairs = jdist.local_shard_pairs(list(self.model.target_encoder.parameters()),  # FSDP: local shards
-                                                 list(self.model.context_encoder.parameters()))
+                                                 list(self.model.context_encoder.parameters())) \
+            if self.model.has_ema else None  # online targets: no copy, no EMA
+        # only SIGReg on the target embeddings (online targets) back-propagates through the target forward
+        self.target_grad = cfg.loss.sigreg_weight > 0 and cfg.loss.sigreg_on != "context"
         self.ema_momentum = torch.zeros((), dtype=torch.float64, device=device)  # read on the device by the kernel
         self.skipped_steps = torch.zeros((), device=device)
         self.finite_guard = FiniteGuard(device)
@@ -86,7 +91,7 @@ class Trainer(Run):
     # ------------------------------------------------------------------ the step
 
     def train_step(self, micro_batches: list[Batch]) -> dict[str, torch.Tensor]:
-        """One optimizer step over ``accum_steps`` micro-batches, then the EMA of the target encoder.
+        """One optimizer step over ``accum_steps`` micro-batches, then the EMA of the target encoder (if it has one).
 
         The level-0 loss is, fused into one kernel that materialises nothing::
 
@@ -97,6 +102,7 @@ class Trainer(Run):
         lc, n = self.cfg.loss, len(micro_batches)
         lr, wd = self.schedules.lr_at(self.step), self.schedules.wd_at(self.step)
         set_schedule(self.optimizer, lr, wd)
+        directions = self.sigreg_directions()  # drawn from (training.seed, step); None without SIGReg
         total = torch.zeros((), device=self.device)
         parts: dict[str, torch.Tensor] = {}  # per-micro-batch metrics, averaged over the step
         for i, batch in enumerate(micro_batches):
@@ -104,8 +110,9 @@ class Trainer(Run):
                 mark_token_counts_dynamic(batch)
             with jdist.grad_sync(self.online, i == n - 1 or not self.dist.enabled):
                 with autocast(self.device, self.amp_dtype):
-                    with record_function("target_forward"), torch.no_grad():
-                        h = self.target_encoder(batch.images)                                    # [B, N, D]
+                    with record_function("target_forward"), torch.set_grad_enabled(self.target_grad):
+                        target = self.target_encoder(batch.images)                               # [B, N, D]
+                    h = target.detach()  # the prediction targets: a stop-gradient
                     with record_function("context_forward"):  # context encoder → predictor, per level
                         # one level never pools; passing the block shape anyway would make a compiled graph guard on it
                         block_hw = batch.block_hw if self.model.level_heads else None
@@ -115,11 +122,18 @@ class Trainer(Run):
                         level0 = None if lc.normalize_embeddings else jepa_kernels.masked_target_loss(
                             preds[0], h, tgt_idx, prediction_kind(lc), lc.beta, lc.normalize_targets, LN_EPS)
                         loss, micro = level_losses(level0, preds, h, tgt_idx, batch.block_hw, lc)  # H-JEPA levels
+                        if lc.type == "combined" or lc.sigreg_weight:
+                            micro["loss/prediction"] = loss.detach()
                         if lc.type == "combined":
                             reg = vicreg_loss(z, h, batch.ctx_idx.shape[0], lc.vicreg_var_weight,
                                               lc.vicreg_cov_weight, lc.vicreg_inv_weight)
-                            micro.update({"loss/prediction": loss.detach(), "loss/vicreg": reg.detach()})
+                            micro["loss/vicreg"] = reg.detach()
                             loss = loss + lc.vicreg_weight * reg
+                        if lc.sigreg_weight:  # SIGReg (LeJEPA) on the per-image mean embeddings
+                            reg = sigreg_loss(z, target, directions, lc.sigreg_on)
+                            micro.update({"loss/sigreg": reg.detach(), "loss/sigreg_null": sigreg_floor(
+                                z, target, lc.sigreg_on, self.dist.world_size)})
+                            loss = loss + lc.sigreg_weight * reg
                     micro["target_std"] = target_std(h)
                 with record_function("backward"):
                     self.scaler.scale(loss / n).backward()
@@ -133,11 +147,20 @@ class Trainer(Run):
         else:
             self.finite_guard.observe(total, grad_norm)
         self.step += 1
-        momentum = self.schedules.momentum_at(self.step)
-        with record_function("ema"):
-            jepa_kernels.ema_update_(*self.ema_pairs, self.ema_momentum.fill_(momentum))
-        parts.update({"loss": total, "lr": lr, "wd": wd, "momentum": momentum})
+        parts.update({"loss": total, "lr": lr, "wd": wd})
+        if self.ema_pairs is not None:  # online targets have no EMA
+            parts["momentum"] = momentum = self.schedules.momentum_at(self.step)
+            with record_function("ema"):
+                jepa_kernels.ema_update_(*self.ema_pairs, self.ema_momentum.fill_(momentum))
         return parts
+
+    def sigreg_directions(self) -> torch.Tensor | None:
+        """This step's SIGReg directions, the same on every process and after a resume; None without SIGReg."""
+        lc = self.cfg.loss
+        if not lc.sigreg_weight:
+            return None
+        return sigreg_directions(self.cfg.model.embed_dim, lc.sigreg_slices, self.step, self.cfg.training.seed,
+                                 self.device)
 
     # ------------------------------------------------------------------ around the step
 

@@ -17,7 +17,7 @@ from jepa.train import Trainer
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 NAMES = ["default", "pure_ijepa", "cpu_fashion_mnist", "cpu_cifar10", "quick_validation", "small_experiment",
          "foundation_model_mini", "m1_max_quick_val", "m1_max_full_20epoch", "m1_max_full_100epoch",
-         "m1_max_imagenet100_100epoch", "hjepa_3level"]
+         "m1_max_imagenet100_100epoch", "hjepa_3level", "lejepa_fashion_mnist"]
 TINY = {"model.size": "custom", "model.embed_dim": "32", "model.depth": "1", "model.num_heads": "2",
         "model.pred_dim": "16", "model.pred_depth": "1", "model.pred_heads": "2", "data.batch_size": "4",
         "data.num_workers": "0", "training.device": "cpu", "training.compile": "false",
@@ -54,6 +54,16 @@ def test_hjepa_3level_differs_from_cpu_fashion_mnist_only_in_the_hierarchy():
     assert three["data"]["dataset"] == "fashion_mnist"
     for section in ("model", "data", "masks", "loss", "optim", "training"):
         assert three[section] == one[section], section
+
+
+def test_lejepa_fashion_mnist_is_cpu_fashion_mnist_with_online_targets_and_sigreg_instead_of_vicreg():
+    base = load_config(CONFIGS / "cpu_fashion_mnist.yaml").to_dict()
+    le = load_config(CONFIGS / "lejepa_fashion_mnist.yaml").to_dict()
+    assert (base["model"].pop("target_encoder"), le["model"].pop("target_encoder")) == ("ema", "online")
+    assert le["loss"]["type"] == "mse" and le["loss"]["sigreg_weight"] > 0 and le["loss"]["sigreg_on"] == "context"
+    assert base["loss"]["sigreg_weight"] == 0
+    for section in ("model", "data", "masks", "optim", "training"):
+        assert le[section] == base[section], section
 
 
 def test_foundation_model_mini_mixes_datasets():

@@ -17,6 +17,7 @@ MODEL_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12
                "huge": (1280, 32, 16), "giant": (1408, 40, 16)}
 AttentionBackend = Literal["auto", "xformers", "sdpa", "math"]
 EncoderName = Literal["target", "context"]
+TargetEncoder = Literal["ema", "online"]  # an EMA copy of the context encoder (I-JEPA), or that encoder itself (LeJEPA)
 Pooling = Literal["mean", "last4"]  # token-mean of the output, or of each of the last 4 blocks (concatenated)
 CompileMode = Literal["default", "max-autotune"]
 
@@ -29,6 +30,7 @@ OnBadImage = Literal["error", "skip"]
 # objective and optimisation
 LossType = Literal["mse", "smooth_l1", "combined"]
 PredictionLoss = Literal["mse", "smooth_l1"]
+SigregOn = Literal["context", "target", "both"]  # which pooled embeddings SIGReg regularises
 WdSchedule = Literal["cosine", "linear"]
 
 # where and how a run computes

@@ -13,7 +13,7 @@ from typing import Literal, Optional, Union
 
 from jepa.config.choices import (AttentionBackend, BestMetric, CompileMode, DatasetName, DistBackend, DistStrategy,
                                  EncoderName, KernelsBackend, LossType, ModelSize, OnBadImage, Pooling, Precision,
-                                 PredictionLoss, WdSchedule)
+                                 PredictionLoss, SigregOn, TargetEncoder, WdSchedule)
 
 
 @dataclass
@@ -44,6 +44,9 @@ class ModelConfig:
     """Prediction levels, 1..4; 1 is pure I-JEPA, level l compares 2^l x 2^l pooled blocks."""
     predictor_shared_context: bool = False
     """Run the predictor once over the context and all target blocks (faster; changes the function)."""
+    target_encoder: TargetEncoder = "ema"
+    """Where the targets come from: ema (I-JEPA: an EMA copy of the context encoder) or online (LeJEPA: the
+    context encoder itself on the full image, no copy held, no EMA; the prediction targets are a stop-gradient)."""
     grad_checkpointing: bool = False
     """Recompute each block's activations in backward (context encoder and predictor): less memory, more time."""
     drop_path: float = 0.0
@@ -175,6 +178,13 @@ class LossConfig:
     """VICReg covariance weight; null: 25."""
     vicreg_inv_weight: Optional[float] = None
     """VICReg invariance weight; null: 1."""
+    sigreg_weight: float = 0.0
+    """Weight of the SIGReg term (LeJEPA) added to the loss; 0 disables it."""
+    sigreg_slices: int = 256
+    """Random directions SIGReg projects on, redrawn every step from (training.seed, step)."""
+    sigreg_on: SigregOn = "context"
+    """Which per-image mean embeddings SIGReg regularises: context (the context encoder's output, as VICReg),
+    target (the target forward; needs model.target_encoder: online) or both (the mean of the two terms)."""
 
 
 @dataclass

@@ -31,7 +31,7 @@ INT_RANGES = {
     "data.shuffle_buffer": (1, 1 << 24),
     "masks.nenc": (1, 64), "masks.npred": (1, 64), "masks.min_keep": (0, BIG),
     "training.epochs": (1, 1 << 20), "training.accum_steps": (1, 1 << 16), "training.seed": (0, (1 << 63) - 1),
-    "training.stop_at_step": (1, BIG),
+    "training.stop_at_step": (1, BIG), "loss.sigreg_slices": (1, 1 << 16),
     "logging.log_every": (1, BIG), "logging.rankme_batch": (0, 1 << 20), "logging.images_every_epochs": (0, 1 << 20),
     "checkpoint.every_epochs": (0, 1 << 20), "checkpoint.every_steps": (0, BIG), "checkpoint.keep_last": (1, 1 << 20),
     "eval.every_epochs": (0, 1 << 20), "eval.knn_k": (1, 1 << 20), "eval.max_train": (1, BIG),
@@ -56,7 +56,7 @@ FLOAT_RANGES = {
     "finetune.warmup_fraction": (0.0, 0.999, False), "finetune.weight_decay": (0.0, 1e3, False),
     "finetune.layer_decay": (0.0, 1.0, True), "finetune.label_smoothing": (0.0, 0.999, False),
     "finetune.grad_clip": (0.0, 1e12, False),
-    **{f"loss.{k}": (0.0, 1e6, False) for k in VICREG_DEFAULTS},
+    **{f"loss.{k}": (0.0, 1e6, False) for k in VICREG_DEFAULTS}, "loss.sigreg_weight": (0.0, 1e6, False),
 }
 
 
@@ -139,6 +139,7 @@ def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
 
     _fill_level_weights(ls, m.num_hierarchies)
     _fill_vicreg(ls)
+    _check_targets(m, ls, cfg.distributed.strategy)
 
     _check(all(0 <= b < 1 for b in o.betas), "optim.betas", f"must be in [0, 1), got {list(o.betas)}")
     _check(0 <= o.ema[0] <= o.ema[1] <= 1, "optim.ema",
@@ -188,6 +189,21 @@ def _fill_vicreg(ls):
     if unused:
         warnings.warn(f"{', '.join(unused)} set but loss.type is '{ls.type}': they are ignored "
                       "(set loss.type: combined to use the VICReg term)", UserWarning, stacklevel=4)
+
+
+def _check_targets(m, ls, strategy: str):
+    """SIGReg on the target embeddings needs a gradient there, which only online targets have; FSDP is EMA-only."""
+    _check(ls.sigreg_on == "context" or m.target_encoder == "online", "loss.sigreg_on",
+           f"{ls.sigreg_on!r} regularises the target embeddings, but with model.target_encoder: ema they come "
+           "from the EMA copy, which no gradient reaches; use loss.sigreg_on: context, or "
+           "model.target_encoder: online")
+    _check(not (m.target_encoder == "online" and strategy == "fsdp"), "model.target_encoder",
+           "online targets are not supported with distributed.strategy fsdp (it shards an EMA copy beside the "
+           "context encoder); use distributed.strategy ddp or model.target_encoder: ema")
+    if m.target_encoder == "online" and not ls.sigreg_weight and ls.type != "combined":
+        warnings.warn("model.target_encoder: online without a regulariser (loss.sigreg_weight is 0 and loss.type is "
+                      f"'{ls.type}'): nothing keeps the encoder from collapsing to a constant; set "
+                      "loss.sigreg_weight > 0", UserWarning, stacklevel=4)
 
 
 def _strings(obj, path: str):

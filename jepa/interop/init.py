@@ -183,12 +183,12 @@ def init_from(model, cfg, path: str | Path | None = None) -> dict:
     source = read_source(path, num_heads=cfg.model.num_heads)
     encoders = source["encoders"]
     ctx_role = "context" if "context" in encoders else next(iter(encoders))
-    tgt_role = "target" if "target" in encoders else ctx_role
+    tgt_role = "target" if "target" in encoders and model.has_ema else ctx_role  # online: the context encoder
     grid = grid_of(source["spec"])
     for role in {ctx_role, tgt_role}:
         check_encoder(source, encoders[role], model, cfg, path)
     notes = []
-    for part, role in (("context_encoder", ctx_role), ("target_encoder", tgt_role)):
+    for part, role in (("context_encoder", ctx_role), ("target_encoder", tgt_role))[:1 + model.has_ema]:
         notes += fit_weights(getattr(model, part), encoders[role], grid, path, part.replace("_", " "), _encoder_hint)
     summary = {"kind": source["kind"], "context": ctx_role, "target": tgt_role,
                "predictor": _load_predictor(model, source, grid, cfg, path),

@@ -33,11 +33,13 @@ def part_weights(model_state: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
 
 
-def encoder_weights(model_state: dict, which: str = "target", source: str | Path = "checkpoint") -> dict:
-    """The ``which`` encoder's entries of a JEPA state dict, without the prefix."""
+def encoder_weights(model_state: dict, which: str = "target", source: str | Path = "checkpoint",
+                    online: bool = False) -> dict:
+    """The ``which`` encoder's entries of a JEPA state dict, without the prefix; with ``online`` targets (no copy
+    stored) the target encoder is the context encoder."""
     if which not in ENCODERS:
         raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {which!r}")
-    out = part_weights(model_state, f"{which}_encoder.")
+    out = part_weights(model_state, f"{'context' if online else which}_encoder.")
     if not out:
         raise CheckpointError(f"{source} holds no '{which}_encoder.*' weights")
     return out
@@ -50,7 +52,9 @@ def read_training_checkpoint(raw: dict, path: Path) -> dict:
     mean, std = normalisation(cfg)
     model = state["model"]
     m = cfg.model
-    return {"kind": "jepa training checkpoint", "encoders": {w: encoder_weights(model, w, path) for w in ENCODERS},
+    online = m.target_encoder == "online"
+    return {"kind": "jepa training checkpoint",
+            "encoders": {w: encoder_weights(model, w, path, online) for w in ENCODERS},
             "predictor": part_weights(model, "predictor.") or None,
             "predictor_spec": {"pred_dim": m.pred_dim, "pred_depth": m.pred_depth, "pred_heads": m.pred_heads,
                                "mlp_ratio": m.mlp_ratio},

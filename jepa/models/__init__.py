@@ -1,4 +1,5 @@
-"""Model construction: context encoder, EMA target encoder, predictor and per-level heads."""
+"""Model construction: context encoder, target encoder (an EMA copy, or the context encoder itself), predictor
+and per-level heads."""
 from __future__ import annotations
 
 import copy
@@ -6,21 +7,25 @@ import copy
 import torch
 import torch.nn as nn
 
-from jepa.config.choices import MODEL_SIZES, CompileMode, EncoderName, ModelSize, Pooling  # noqa: F401 (re-exported)
+from jepa.config.choices import (MODEL_SIZES, CompileMode, EncoderName, ModelSize, Pooling,  # noqa: F401 (re-exported)
+                                 TargetEncoder)
 from jepa.losses import pool_blocks
 from jepa.models.attention import resolve_backend
 from jepa.models.vit import DropPath, Predictor, VisionTransformer
 
 
 class JEPA(nn.Module):
-    """The trainable parts (context encoder, predictor, level heads) plus the EMA target encoder.
+    """The trainable parts (context encoder, predictor, level heads) plus the target encoder.
 
-    The target encoder's parameters never require grad and are only changed by ``ema_update_``.
+    With ``targets="ema"`` the target encoder is a copy whose parameters never require grad and are only
+    changed by ``ema_update_``; with ``"online"`` no copy is held and ``target_encoder`` is the context encoder.
     ``level_heads`` is empty for one level, so pure I-JEPA has no extra parameters.
     """
 
-    def __init__(self, encoder: VisionTransformer, predictor: Predictor, num_hierarchies: int = 1):
+    def __init__(self, encoder: VisionTransformer, predictor: Predictor, num_hierarchies: int = 1,
+                 targets: TargetEncoder = "ema"):
         super().__init__()
+        self.has_ema = targets == "ema"
         self.context_encoder = encoder
         self.predictor = predictor
         dim = encoder.embed_dim
@@ -28,12 +33,18 @@ class JEPA(nn.Module):
         for head in self.level_heads:
             nn.init.trunc_normal_(head.weight, std=0.02)
             nn.init.zeros_(head.bias)
-        self.target_encoder = copy.deepcopy(encoder)
-        for p in self.target_encoder.parameters():
-            p.requires_grad_(False)
-        for m in self.target_encoder.modules():  # its features are the regression targets: never drop paths
-            if isinstance(m, DropPath):
-                m.p = 0.0
+        if self.has_ema:  # registered under "target_encoder" (nn.Module's assignment bypasses the property)
+            self.target_encoder = copy.deepcopy(encoder)
+            for p in self.target_encoder.parameters():
+                p.requires_grad_(False)
+            for m in self.target_encoder.modules():  # its features are the regression targets: never drop paths
+                if isinstance(m, DropPath):
+                    m.p = 0.0
+
+    @property
+    def target_encoder(self) -> VisionTransformer:
+        """The encoder the targets come from: the EMA copy, or with online targets the context encoder itself."""
+        return self._modules["target_encoder"] if self.has_ema else self.context_encoder
 
     def forward(self, images, ctx_idx, tgt_idx, block_hw):
         """Context branch and predictions per level: ``(z [E·B, Kc, D], [pred level 0, level 1, ...])``."""
@@ -72,7 +83,7 @@ def build_model(cfg, device: torch.device | str = "cpu") -> JEPA:
     predictor = Predictor(encoder.grid, m.embed_dim, m.pred_dim, m.pred_depth, m.pred_heads, m.mlp_ratio,
                           backend, shared_context=m.predictor_shared_context, drop_path=m.drop_path,
                           layer_scale=m.layer_scale, grad_checkpointing=m.grad_checkpointing)
-    return JEPA(encoder, predictor, m.num_hierarchies).to(device)
+    return JEPA(encoder, predictor, m.num_hierarchies, m.target_encoder).to(device)
 
 
 def pool_tokens(encoder, x: torch.Tensor, features: Pooling = "mean") -> torch.Tensor:

@@ -10,6 +10,7 @@ from jepa.data.datasets.decode import BadImageError
 from jepa.data.datasets.folder import decode_square
 from jepa.data.shard_reader import SampleStream
 from jepa.device import autocast
+from jepa.models.vit import DropPath
 from jepa.monitoring.rankme import rankme
 from jepa.seeds import mix_seed
 
@@ -87,6 +88,8 @@ class CollapseMonitor:
     def __init__(self, cfg, encoder, train_dataset, device: torch.device, amp_dtype: torch.dtype):
         n = cfg.data.batch_size if cfg.logging.rankme_batch is None else cfg.logging.rankme_batch
         self.encoder, self.device, self.amp_dtype = encoder, device, amp_dtype
+        # online targets are the context encoder, drop path and all: measured in eval mode, else it would draw
+        self.stochastic = any(isinstance(m, DropPath) and m.p > 0 for m in encoder.modules())
         self.fraction = cfg.logging.collapse_warn_fraction
         self.images, self.start, self.warned = None, None, False
         if n:
@@ -101,8 +104,13 @@ class CollapseMonitor:
         """``{"rankme": 0-d tensor on the device}`` (no host sync), or ``{}`` when turned off."""
         if self.images is None:
             return {}
-        with autocast(self.device, self.amp_dtype):
-            h = self.encoder(self.images)
+        was_training = self.encoder.training
+        self.encoder.train(was_training and not self.stochastic)
+        try:
+            with autocast(self.device, self.amp_dtype):
+                h = self.encoder(self.images)
+        finally:
+            self.encoder.train(was_training)
         z = h.float().mean(dim=1)
         return {"rankme": rankme(z - z.mean(dim=0))}
 
