@@ -78,6 +78,16 @@ def _check_pair(pair, path: str, lo: float, hi: float | None, lo_open: bool = Tr
     _check(ok, path, f"must be a pair [low, high] in {bound} with low <= high, got {list(pair)}")
 
 
+def _check_normalisation(d):
+    """``data.mean`` / ``data.std``: one value per channel, in range, or null (the dataset's statistics)."""
+    for key in ("mean", "std"):
+        val = getattr(d, key)
+        _check(val is None or len(val) == d.channels, f"data.{key}",
+               f"must have data.channels={d.channels} values or be null, got {val}")
+    _check(d.mean is None or all(-1e3 <= x <= 1e3 for x in d.mean), "data.mean", f"must be in [-1e3, 1e3], got {d.mean}")
+    _check(d.std is None or all(0 < s <= 1e3 for s in d.std), "data.std", f"must be > 0 and <= 1e3, got {d.std}")
+
+
 def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
     """Check ranges and cross-field rules; fill derived fields (named model sizes, level weights, VICReg)."""
     explicit = explicit or set()
@@ -125,12 +135,7 @@ def validate(cfg: Config, explicit: set[str] | None = None) -> Config:
     _check_epoch_length(d, t.accum_steps)
     _check_pair(d.crop_scale, "data.crop_scale", 0.0, 1.0)
     _check_pair(d.crop_ratio, "data.crop_ratio", 0.0, 100.0)
-    for key in ("mean", "std"):
-        val = getattr(d, key)
-        _check(val is None or len(val) == d.channels, f"data.{key}",
-               f"must have data.channels={d.channels} values or be null, got {val}")
-    _check(d.mean is None or all(-1e3 <= x <= 1e3 for x in d.mean), "data.mean", f"must be in [-1e3, 1e3], got {d.mean}")
-    _check(d.std is None or all(0 < s <= 1e3 for s in d.std), "data.std", f"must be > 0 and <= 1e3, got {d.std}")
+    _check_normalisation(d)
 
     _check_pair(k.enc_scale, "masks.enc_scale", 0.0, 1.0)
     _check_pair(k.pred_scale, "masks.pred_scale", 0.0, 1.0)
