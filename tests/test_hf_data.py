@@ -137,8 +137,11 @@ def test_a_stream_reads_every_row_once_per_epoch_in_a_new_order(parquet_dir, wor
 def test_a_stream_resumes_at_any_batch_exactly(parquet_dir):
     tb = TrainBatches(stream_cfg(parquet_dir, **{"data.num_workers": 2}))
     full = list(tb.epoch(1))
+    assert len(full) == tb.batches_per_epoch == 12
     for start in (1, 5, 11, 12):
-        same_batches(full[start:], list(tb.epoch(1, start=start)))
+        rest = list(tb.epoch(1, start=start))
+        assert len(rest) == 12 - start
+        same_batches(full[start:], rest)  # asserts images, labels and masks equal, batch by batch
 
 
 def test_the_trainer_resumes_a_streamed_run_exactly(parquet_dir, tmp_path, one_thread):
