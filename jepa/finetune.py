@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from jepa import cli
 from jepa.config import ConfigError, config_from_dict, parse_overrides
-from jepa.data.datasets import hf_options, load_dataset
+from jepa.data.datasets import load_dataset, load_options
 from jepa.device import autocast
 from jepa.eval import load_source, random_init_encoder, report_path, run_data_root, write_report
 from jepa.export import read_encoder, source_config
@@ -96,8 +96,7 @@ class Finetuner(Run):
         self.augment = training_augment(cfg, mean, std) if ft.augment else None
         self.dataset = dataset or cfg.data.dataset
         root = run_data_root(cfg, self.dataset) if root is None else root
-        load = dict(channels=cfg.data.channels, image_size=cfg.data.image_size,
-                    hf=hf_options(cfg.data))
+        load = load_options(cfg.data)
         self.train_ds = load_dataset(self.dataset, "train", root, subset=train_subset, **load)
         self.test_ds = load_dataset(self.dataset, "test", root, subset=test_subset, **load)
         self.indices = low_shot_indices(self.train_ds.labels, ft.seed, fraction, shots)

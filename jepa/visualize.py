@@ -19,7 +19,7 @@ from jepa import cli
 from jepa import distributed as jdist
 from jepa import drawing as pic
 from jepa.data import TrainBatches, eval_transform, normalisation
-from jepa.data.datasets import hf_options, load_dataset
+from jepa.data.datasets import load_dataset, load_options
 from jepa.data.datasets.decode import BadImageError
 from jepa.config.choices import PRECISIONS
 from jepa.data.shard_reader import SampleStream
@@ -186,8 +186,7 @@ class TrainingPictures:
             try:
                 if not self.cfg.data.mix and getattr(self.data.dataset, "name", None) == self.cfg.data.dataset:
                     test = load_dataset(self.cfg.data.dataset, "test", self.cfg.data.root,
-                                        channels=self.cfg.data.channels, image_size=self.cfg.data.image_size,
-                                        hf=hf_options(self.cfg.data))
+                                        **load_options(self.cfg.data))
             except (FileNotFoundError, ValueError) as e:
                 log.info("pictures: no test split (%s); queries come from the training images", str(e).splitlines()[0])
             self.maker = PictureMaker(self.cfg, self.data.dataset, test, self.device, self.amp_dtype, gallery=500)
@@ -219,8 +218,7 @@ def visualize(checkpoint: str | Path, dataset: str | None = None, out: str | Pat
     cfg.data.dataset, cfg.data.mix, cfg.data.mean, cfg.data.std = name, None, list(norm["mean"]), list(norm["std"])
     if seed is not None:
         cfg.training.seed = seed
-    load = dict(channels=cfg.data.channels, image_size=cfg.data.image_size,
-                hf=hf_options(cfg.data))
+    load = load_options(cfg.data)
     train = load_dataset(name, "train", root, **load)
     try:
         test = load_dataset(name, "test", root, **load)

@@ -21,7 +21,7 @@ from jepa.config.grid import patch_grid
 from jepa.data.bad_images import BadImages
 from jepa.data.crops import FileCrops
 from jepa.data.datasets import (DatasetFormatError, DatasetNotFoundError, EncodedImages, MixtureDataset,
-                                hf_options, load_dataset)
+                                hf_options, load_dataset, load_options)
 from jepa.data.datasets.decode import BadImageError
 from jepa.data.hf_stream import load_hf_stream
 from jepa.data.shard_plan import ShardPlan, read_in_order
@@ -86,8 +86,8 @@ def build_dataset(cfg, split: str = "train"):
         return load_shards(d.shards, d.root, d.channels, d.image_size)
     if d.dataset == "hf" and d.hf_streaming and not d.mix:
         return load_hf_stream(hf_options(d), split, d.channels, d.image_size)
-    common = dict(channels=d.channels, image_size=d.image_size, download=d.download, base_url=d.download_url,
-                  synthetic_size=d.synthetic_size, seed=cfg.training.seed, subset=d.subset, hf=hf_options(d))
+    common = dict(load_options(d), download=d.download, base_url=d.download_url, synthetic_size=d.synthetic_size,
+                  seed=cfg.training.seed, subset=d.subset)
     if d.mix:
         parts = [load_dataset(p.name, split, p.root, **common) for p in d.mix]
         return MixtureDataset(parts, [p.weight for p in d.mix])

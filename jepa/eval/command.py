@@ -35,7 +35,7 @@ from jepa import cli
 from jepa.checkpoint import check_output
 from jepa.config import config_from_dict, parse_overrides
 from jepa.config.choices import PRECISIONS
-from jepa.data.datasets import hf_options, load_dataset
+from jepa.data.datasets import load_dataset, load_options
 from jepa.device import autocast, pick_device, pick_precision
 from jepa.errors import ConfigError
 from jepa.eval.features import (FEATURES, cache_path, cached_features, extract_features, load_source,
@@ -107,8 +107,7 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None, protocol: str =
     name = dataset or cfg.data.dataset
     root = run_data_root(cfg, name) if root is None else root
     mean, std = trained.normalization["mean"], trained.normalization["std"]
-    load = dict(channels=cfg.data.channels, image_size=cfg.data.image_size,
-                hf=hf_options(cfg.data))
+    load = load_options(cfg.data)
     train_ds = load_dataset(name, "train", root, subset=train_subset, **load)
     test_ds = load_dataset(name, test_split, root, subset=test_subset, **load)
     transform = eval_transform(cfg, trained.normalization)

@@ -7,7 +7,7 @@ import time
 import torch
 
 from jepa.data import eval_transform
-from jepa.data.datasets import hf_options, load_dataset
+from jepa.data.datasets import load_dataset, load_options
 from jepa.eval import extract_features, knn_accuracy
 from jepa.seeds import mix_seed
 
@@ -19,7 +19,7 @@ def monitor_data(cfg, seed: int):
     d = cfg.data
     if d.mix:
         raise ValueError("the k-NN monitor needs one labelled dataset; data.mix is set")
-    load = dict(channels=d.channels, image_size=d.image_size, hf=hf_options(d))
+    load = load_options(d)
     train = load_dataset(d.dataset, "train", d.root, **load)
     test = load_dataset(d.dataset, "test", d.root, **load)
     g = torch.Generator().manual_seed(mix_seed(seed, 1729))

@@ -39,6 +39,7 @@ __all__ = [
     "EncodedImages",
     "HFOptions",
     "hf_options",
+    "load_options",
     "MixtureDataset",
     "load_dataset",
     "dataset_stats",
@@ -68,6 +69,11 @@ _STATS = {
     "shards": _IMAGENET_STATS,
     "hf": _IMAGENET_STATS,
 }
+
+
+def load_options(d) -> dict:
+    """``load_dataset``'s keyword options that ``cfg.data`` fixes: channels, image size and the hf settings."""
+    return dict(channels=d.channels, image_size=d.image_size, hf=hf_options(d))
 
 
 def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None = None, *,
