@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT))
 from bench import harness  # noqa: E402
 
 BENCH = ROOT / "bench"
-LIBRARIES = {"harness.py", "reference_code_step.py", "conftest.py"}
+LIBRARIES = {"harness.py", "reference_code_step.py", "conftest.py", "recipe_plot.py"}
 SCRIPTS = sorted(p for p in BENCH.glob("*.py") if p.name not in LIBRARIES and not p.name.startswith("bench_kernel_"))
 
 

@@ -222,7 +222,7 @@ class TrainingConfig:
     device: str = "auto"
     """auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."""
     precision: Precision = "auto"
-    """Autocast precision: auto (bf16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16 (with a grad scaler)."""
+    """Autocast precision: auto (bf16 on CUDA and on CPUs with bf16 matrix units, else fp32), fp32, bf16 or fp16."""
     accum_steps: int = 1
     """Micro-batches accumulated per optimizer step."""
     seed: int = 0
