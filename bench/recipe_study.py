@@ -124,7 +124,9 @@ def table(records: list[dict], rows: dict) -> str:
             if name in base:
                 lines.append(f"| {name.replace('_', ' ')} | | | | {100 * base[name]['linear']:.1f} | "
                              f"{100 * base[name]['knn']:.1f} | baseline |")
-    for (epochs, row, threads), rs in sorted(groups.items()):
+    order = {name: i for i, name in enumerate(ROWS)}  # the main rows first, then the levers by name
+    for (epochs, row, threads), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], len(order)),
+                                                                               kv[0][1], kv[0][2])):
         minutes = statistics.fmean(r["train_seconds"] for r in rs) / 60
         mark = f" ({threads} thread{'s' if threads > 1 else ''}, side by side)" if threads else ""
         what = rows[row][2] if row in rows else " ".join(rs[0]["overrides"])

@@ -1,4 +1,4 @@
-"""bench/recipe_study.py and its plot: the table's statistics, resuming a study, ad-hoc rows and the picture."""
+"""bench/recipe_study.py and its plot (the table's statistics, resuming, ad-hoc rows, the picture); bench/cpu_processes.py."""
 import json
 import sys
 from pathlib import Path
@@ -78,3 +78,34 @@ def test_plot_draws_budget_rows_only_with_their_colours(tmp_path):
 def test_plot_without_curves_says_how_to_get_them(tmp_path):
     with pytest.raises(SystemExit, match="--curve"):
         recipe_plot.plot([record("default", 0, 0.8, 0.7)], tmp_path / "x.png")
+
+
+def test_cpu_processes_times_per_step_without_startup_and_compares_layouts(tmp_path, monkeypatch):
+    from bench import cpu_processes
+    calls = []
+
+    def fake_wall(cmd, threads):
+        steps = int(cmd[cmd.index("--training.stop_at_step") + 1])
+        batch = int(cmd[cmd.index("--data.batch_size") + 1])
+        calls.append((cmd[1] == "-m" and cmd[2] == "torch.distributed.run", threads, batch))
+        per_step = 0.2 if threads == 2 else 0.125  # 30 s of start-up either way
+        return 30.0 + per_step * steps
+
+    monkeypatch.setattr(cpu_processes, "wall", fake_wall)
+    out = tmp_path / "procs.json"
+    assert cpu_processes.main(["--steps", "100", "300", "--out", str(out)]) == 0
+    assert calls == [(False, 2, 128), (False, 2, 128), (True, 1, 64), (True, 1, 64)]
+    record = json.loads(out.read_text())
+    assert record["seconds_per_step"] == pytest.approx({"1 process x 2 threads": 0.2,
+                                                        "2 processes x 1 thread (gloo DDP)": 0.125})
+    assert "| 2 processes x 1 thread (gloo DDP) | 125 | 1024 | 1.60x |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [(["--cores", "1"], "--cores must be >= 2"),
+                                           (["--steps", "300", "100"], "0 < FEW < MANY"),
+                                           (["--cores", "3"], "does not split over 3 processes")])
+def test_cpu_processes_refuses_bad_layouts(args, message, capsys):
+    from bench import cpu_processes
+    with pytest.raises(SystemExit):
+        cpu_processes.main(args)
+    assert message in capsys.readouterr().err
