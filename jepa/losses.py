@@ -112,16 +112,19 @@ def vicreg_loss(z: torch.Tensor, target: torch.Tensor, n_context_masks: int = 1,
     return reg
 
 
+def _sigreg_inputs(z: torch.Tensor, target: torch.Tensor, where: str) -> list[torch.Tensor]:
+    """The embeddings ``loss.sigreg_on`` names: the context ``z``, the ``target``, or both."""
+    return [x for name, x in (("context", z), ("target", target)) if where in (name, "both")]
+
+
 def sigreg_loss(z: torch.Tensor, target: torch.Tensor, directions: torch.Tensor, where: str) -> torch.Tensor:
     """SIGReg of the per-image mean embeddings: of the context ``z`` ``[E·B, Kc, D]`` (the VICReg term's), of the
     target ``[B, N, D]``, or (``both``) the mean of the two terms."""
-    terms = [sigreg(x.float().mean(dim=1), directions) for name, x in (("context", z), ("target", target))
-             if where in (name, "both")]
+    terms = [sigreg(x.float().mean(dim=1), directions) for x in _sigreg_inputs(z, target, where)]
     return sum(terms) / len(terms)
 
 
 def sigreg_floor(z: torch.Tensor, target: torch.Tensor, where: str, world_size: int = 1) -> float:
     """What ``sigreg_loss`` averages to on Gaussian embeddings of the global batch (``null_value``): its floor."""
-    floors = [null_value(x.shape[0] * world_size) for name, x in (("context", z), ("target", target))
-              if where in (name, "both")]
+    floors = [null_value(x.shape[0] * world_size) for x in _sigreg_inputs(z, target, where)]
     return sum(floors) / len(floors)

@@ -40,6 +40,7 @@ process and device without communication, and the same after a resume.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -76,8 +77,14 @@ def null_value(n: int, num_points: int = DEFAULT_POINTS, t_max: float = DEFAULT_
     """Expected ``sigreg`` (unscaled) of ``n`` i.i.d. standard-normal samples: the loss floor at batch ``n``."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"sigreg sample count must be an integer >= 1, got {n!r}")
+    return _null_numerator(num_points, t_max) / n
+
+
+@functools.lru_cache(maxsize=None, typed=True)
+def _null_numerator(num_points: int, t_max: float) -> float:
+    """``null_value`` times ``n``: a constant of the grid, computed once (the trainer logs the floor every step)."""
     t, weights, _ = quadrature(num_points, t_max, dtype=torch.float64)
-    return float((weights * (1 - torch.exp(-t * t))).sum()) / n
+    return float((weights * (1 - torch.exp(-t * t))).sum())
 
 
 def sigreg_directions(dim: int, slices: int, step: int, seed: int, device=None,
