@@ -11,6 +11,7 @@ import errno
 import os
 import sys
 
+from jepa.config.choices import PRECISIONS
 from jepa.errors import UserError
 
 EXIT_ERROR = 2
@@ -75,3 +76,9 @@ def strip_resume(command: list[str]) -> list[str]:
         elif not arg.startswith("--resume="):
             out.append(arg)
     return out
+
+
+def add_precision(parser: argparse.ArgumentParser) -> None:
+    """``--precision``, for the commands that run an encoder outside training (eval, visualize)."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="as training.precision: auto is bf16 on CUDA and on CPUs with bf16 matrix units")

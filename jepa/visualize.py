@@ -21,7 +21,6 @@ from jepa import drawing as pic
 from jepa.data import TrainBatches, eval_transform, normalisation
 from jepa.data.datasets import load_dataset, load_options
 from jepa.data.datasets.decode import BadImageError
-from jepa.config.choices import PRECISIONS
 from jepa.data.shard_reader import SampleStream
 from jepa.device import autocast, pick_device, pick_precision
 from jepa.errors import ConfigError
@@ -254,8 +253,7 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--neighbours", type=int, default=8, help="nearest training images shown per query")
     parser.add_argument("--gallery", type=int, default=10000, help="training images searched for neighbours")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="as training.precision: auto is bf16 on CUDA and on CPUs with bf16 matrix units")
+    cli.add_precision(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     only = tuple(p.strip() for p in args.only.split(",") if p.strip())

@@ -34,7 +34,6 @@ import torch
 from jepa import cli
 from jepa.checkpoint import check_output
 from jepa.config import config_from_dict, parse_overrides
-from jepa.config.choices import PRECISIONS
 from jepa.data.datasets import load_dataset, load_options
 from jepa.device import autocast, pick_device, pick_precision
 from jepa.errors import ConfigError
@@ -190,8 +189,7 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-split", default="test", help="split to report top-1 on (default: test)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="as training.precision: auto is bf16 on CUDA and on CPUs with bf16 matrix units")
+    cli.add_precision(parser)
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--out", help="JSON report path (default: next to the checkpoint)")
