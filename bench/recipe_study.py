@@ -89,20 +89,15 @@ def run_one(row: str, spec: tuple[str, list[str], str], seed: int, epochs: int |
             "curve": points, "run_dir": str(run_dir), "machine": harness.machine("cpu")}
 
 
-def baselines(records: list[dict], path: Path, runs: Path) -> dict:
-    """Raw-pixel and random-init probes, computed once (they need any checkpoint of the default ViT)."""
-    for r in records:
-        if r.get("row") == "baselines":
-            return r
+def baselines(records: list[dict]) -> dict | None:
+    """Raw-pixel and random-init probes (from any checkpoint of the default ViT), or None without such a run."""
     src = next((Path(r["run_dir"]) for r in records if r.get("row") == "default" and Path(r["run_dir"]).exists()), None)
     ckpt = find_latest_valid(src)[0] if src else None
     if ckpt is None:
-        return {}
+        return None
     res = evaluate(ckpt, "fashion_mnist", "both", baselines=True, progress=False, cache=False)["results"]
-    rec = {"row": "baselines", **{k: {"linear": v["linear"], "knn": v["knn"]} for k, v in res.items()
-                                  if k != "pretrained"}}
-    append_record(path, rec)
-    return rec
+    return {"row": "baselines", **{k: {"linear": v["linear"], "knn": v["knn"]} for k, v in res.items()
+                                   if k != "pretrained"}}
 
 
 def summary(values: list[float]) -> str:
@@ -169,8 +164,11 @@ def main(argv: list[str] | None = None) -> int:
                     records.append(run_one(row, rows[row], seed, args.epochs, args.threads, args.curve,
                                            Path(args.runs)))
                     append_record(path, records[-1])
-        if baselines(records, path, Path(args.runs)):
-            records = load_records(path)
+        if not any(r.get("row") == "baselines" for r in records):  # probed once per study
+            base = baselines(records)
+            if base:
+                records.append(base)
+                append_record(path, base)
     text = (f"### Recipe study on Fashion-MNIST\n\n{table(records, rows)}\n\nMachine: {harness.machine('cpu')}\n")
     harness.write_text(out_dir / f"{NAME}.md", text)
     print(text)

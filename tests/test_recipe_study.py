@@ -49,7 +49,7 @@ def test_a_recorded_run_is_not_repeated_and_new_ones_are_appended(tmp_path, monk
         return record(row, seed, 0.5, 0.5, epochs, threads)
 
     monkeypatch.setattr(recipe_study, "run_one", fake_run)
-    monkeypatch.setattr(recipe_study, "baselines", lambda records, path, runs: {})
+    monkeypatch.setattr(recipe_study, "baselines", lambda records: None)
     assert recipe_study.main(["--rows", "default", "--seeds", "0,1", "--out-dir", str(out)]) == 0
     assert ran == [("default", 1)]
     lines = (out / "recipe_study.jsonl").read_text().splitlines()
@@ -109,3 +109,22 @@ def test_cpu_processes_refuses_bad_layouts(args, message, capsys):
     with pytest.raises(SystemExit):
         cpu_processes.main(args)
     assert message in capsys.readouterr().err
+
+
+def test_baselines_are_probed_once_per_study(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "recipe_study.jsonl").write_text(json.dumps(record("default", 0, 0.8, 0.7)) + "\n")
+    calls = []
+
+    def fake_baselines(records):
+        calls.append(len(records))
+        return {"row": "baselines", "raw_pixels": {"linear": 0.844, "knn": 0.857}}
+
+    monkeypatch.setattr(recipe_study, "baselines", fake_baselines)
+    for _ in range(2):
+        assert recipe_study.main(["--rows", "default", "--seeds", "0", "--out-dir", str(out)]) == 0
+    assert calls == [1]
+    rows = [json.loads(x)["row"] for x in (out / "recipe_study.jsonl").read_text().splitlines()]
+    assert rows == ["default", "baselines"]
+    assert "| raw pixels | | | | 84.4 | 85.7 | baseline |" in (out / "recipe_study.md").read_text()
